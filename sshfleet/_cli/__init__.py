@@ -1,0 +1,58 @@
+"""The ``sshfleet`` command line: one module per subcommand, each with ``register(subparsers)``.
+
+A subcommand module adds its parser and sets ``func`` (``args -> exit code``). Subcommands import their heavy
+dependencies lazily so ``sshfleet --help`` and ``sshfleet ping`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+from sshfleet.errors import SshFleetError
+
+# Order is the order in --help.
+SUBCOMMANDS = ("ping", "run", "testbed", "generate", "shell")
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # some command / call failed on a host
+EXIT_UNREACHABLE = 3  # some host could not be reached or bootstrapped
+EXIT_USAGE = 2  # argparse's own code for bad usage
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sshfleet",
+        description="Run gRPC agents and commands on a fleet of hosts over SSH, nothing pre-installed.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"sshfleet._cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"sshfleet._cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+    except SshFleetError as exc:
+        print(f"sshfleet: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("sshfleet: interrupted", file=sys.stderr)
+        return 130
+    return code
