@@ -5,6 +5,8 @@ The public API is exactly what ``__all__`` lists; everything else is private and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from sshfleet import errors
 from sshfleet._options import HostSpec, SshOptions, Timeouts
 from sshfleet.errors import (
@@ -21,9 +23,38 @@ from sshfleet.errors import (
     UsageError,
 )
 
+if TYPE_CHECKING:
+    from sshfleet._agent import Agent, AgentException
+    from sshfleet._codegen import load_agent
+    from sshfleet._responses import Responses
+
 __version__ = "0.1.0"
 
+# Imported on first use: they pull in grpc, which `sshfleet ping` and `--help` do not need.
+_LAZY = {
+    "Agent": "sshfleet._agent",
+    "AgentException": "sshfleet._agent",
+    "Responses": "sshfleet._responses",
+    "load_agent": "sshfleet._codegen",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sshfleet' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
+    "Agent",
+    "AgentException",
+    "Responses",
+    "load_agent",
     "AuthenticationError",
     "BootstrapError",
     "CallError",

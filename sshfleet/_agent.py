@@ -1,0 +1,591 @@
+"""``Agent``: the base class of every generated agent (API layer).
+
+``XAgent(hosts)`` connects to every host (bounded parallelism), starts the agent's servicer there, forwards its
+port, and turns each method call into one parallel gRPC call to every host, returning ``Responses``.
+A host that fails at any step is an outcome in every later Responses, never an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import difflib
+import logging
+import queue
+import secrets
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Union
+
+import grpc
+import grpc.aio
+
+from sshfleet import _payload, _session
+from sshfleet._bootstrap import ServicerProcess, start_servicer
+from sshfleet._hub import Hub, Tunnel
+from sshfleet._messages import build_request
+from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, Timeouts, parse_host_string
+from sshfleet._responses import Outcome, Responses
+from sshfleet.errors import (
+    CallError,
+    CallTimeout,
+    ChannelError,
+    HostError,
+    SshFleetError,
+    UsageError,
+)
+
+log = logging.getLogger(__name__)
+
+TOKEN_KEY = "x-sshfleet-token"
+TRACEBACK_KEY = "x-sshfleet-traceback-bin"
+HEARTBEAT = 5.0
+_CHANNEL_OPTIONS = [
+    ("grpc.enable_http_proxy", 0),
+    ("grpc.default_authority", "localhost"),
+    ("grpc.max_receive_message_length", 256 << 20),
+    ("grpc.max_send_message_length", 256 << 20),
+]
+HostsArg = Union[str, HostSpec, Iterable[Union[str, HostSpec]]]
+
+
+class AgentException(SshFleetError):
+    """Base of the ``XAgentException`` class that every generated agent module defines."""
+
+
+@dataclass
+class _HostAgent:
+    """This agent's state on one host: the servicer, its tunnel and gRPC channel, or why there is none."""
+
+    host: str
+    session: Optional[_session.HostSession] = None
+    process: Optional[ServicerProcess] = None
+    tunnel: Optional[Tunnel] = None
+    channel: Optional[grpc.aio.Channel] = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    error: Optional[HostError] = None
+    methods: dict[str, Any] = field(default_factory=dict)
+
+
+def _to_specs(hosts: HostsArg) -> list[HostSpec]:
+    if isinstance(hosts, (str, HostSpec)):
+        hosts = [hosts]
+    specs = []
+    for item in hosts:
+        if isinstance(item, HostSpec):
+            specs.append(item)
+        elif isinstance(item, str):
+            specs.append(parse_host_string(item))
+        else:
+            raise UsageError(f"hosts must be host strings ('user@host:port') or HostSpec objects, not {item!r}")
+    seen: dict[str, HostSpec] = {}
+    for spec in specs:
+        seen.setdefault(spec.name, spec)
+    if not seen:
+        raise UsageError("no hosts given")
+    return list(seen.values())
+
+
+class Agent:
+    """Base class of generated agents; subclasses set the class attributes below (see ``sshfleet generate``).
+
+    Options: ``timeouts`` (a Timeouts), ``forks`` (how many hosts connect/bootstrap at once, default 64),
+    ``python`` (interpreter on the hosts; default: the inventory's, else ``python3`` from the login PATH),
+    ``host_key_policy`` ("strict" or "accept-new"), ``ssh_config``/``known_hosts``/``identity_file``/``user``,
+    or a whole ``ssh_options`` (SshOptions) to start from. ``close()`` is idempotent and also runs on ``with``
+    exit and at interpreter exit.
+    """
+
+    _pb2: ClassVar[Any] = None
+    _pb2_grpc: ClassVar[Any] = None
+    _service_name: ClassVar[str] = ""
+    _servicer_module: ClassVar[str] = ""
+    _module_file: ClassVar[str] = ""
+    _extra_files: ClassVar[Sequence[str]] = ()
+
+    def __init__(
+        self,
+        hosts: HostsArg,
+        *,
+        ssh_options: Optional[SshOptions] = None,
+        timeouts: Optional[Timeouts] = None,
+        forks: Optional[int] = None,
+        python: Optional[str] = None,
+        host_key_policy: Optional[HostKeyPolicy] = None,
+        ssh_config: Optional[str] = None,
+        known_hosts: Optional[str] = None,
+        identity_file: Optional[str] = None,
+        user: Optional[str] = None,
+        servicer: Optional[str] = None,
+        log_level: str = "INFO",
+        liveness: float = 60.0,
+    ) -> None:
+        self._closed = True  # until started, close() has nothing to do
+        if self._pb2 is None or not self._service_name:
+            raise UsageError(f"{type(self).__name__} is not a generated agent class (no proto attached)")
+        options = ssh_options or SshOptions()
+        changes: dict[str, Any] = {
+            "timeouts": timeouts,
+            "forks": forks,
+            "host_key_policy": host_key_policy,
+            "ssh_config": ssh_config,
+            "known_hosts": known_hosts,
+            "user": user,
+            "identity_files": (identity_file,) if identity_file else None,
+        }
+        self.options = options.replace(**{k: v for k, v in changes.items() if v is not None})
+        self.timeouts = self.options.timeouts
+        self._specs = _to_specs(hosts)
+        self._python = python
+        self._service = self._service_descriptor()
+        self._servicer_path = Path(servicer) if servicer else None
+        self._bundle = self._agent_bundle()
+        self._liveness = float(liveness)
+        self._log_level = log_level
+        self._hub = Hub.get()
+        self._hosts: dict[str, _HostAgent] = {spec.name: _HostAgent(spec.name) for spec in self._specs}
+        self._closed = False
+        _live_agents.add(self)
+        self.started = self._start()
+
+    @classmethod
+    def from_inventory(cls, path: str, pattern: str = "all", **options: Any) -> Agent:
+        """Start the agent on the hosts of an inventory file that match ``pattern`` (Ansible patterns)."""
+        from sshfleet.inventory import load_hosts
+
+        return cls(load_hosts(path, pattern), **options)
+
+    # --- start ------------------------------------------------------------------------------------------
+
+    def _service_descriptor(self) -> Any:
+        short = self._service_name.rsplit(".", 1)[-1]
+        try:
+            return self._pb2.DESCRIPTOR.services_by_name[short]
+        except KeyError:
+            raise UsageError(f"{self._service_name} is not a service of {self._pb2.__name__}") from None
+
+    def _agent_bundle(self) -> _payload.Bundle:
+        cls = type(self)
+        key = (cls, self._servicer_path)
+        cached = _bundle_cache.get(key)
+        if cached is not None:
+            return cached
+        here = Path(cls._module_file).parent
+        servicer = self._servicer_path or here / f"{cls._servicer_module}.py"
+        if not servicer.is_file():
+            raise UsageError(f"the servicer of {cls.__name__} was not found at {servicer}")
+        files = {
+            Path(cls._pb2.__file__).name: Path(cls._pb2.__file__),
+            Path(cls._pb2_grpc.__file__).name: Path(cls._pb2_grpc.__file__),
+            f"{cls._servicer_module}.py": servicer,
+        }
+        for extra in cls._extra_files:
+            files[Path(extra).name] = here / extra
+        bundle = _bundle_cache[key] = _payload.agent_bundle(files)
+        return bundle
+
+    def _start(self) -> Responses:
+        """Connect and bootstrap every host in parallel (at most ``forks`` at once)."""
+        if _payload.local_tag() not in _payload.known_deps():
+            _payload.prepare_local_deps()
+        workers = min(self.options.forks, len(self._specs))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sshfleet-start") as pool:
+            outcomes = list(pool.map(self._start_host, self._specs))
+        return Responses("start", dict(zip((s.name for s in self._specs), outcomes)))
+
+    def _start_host(self, spec: HostSpec) -> Outcome:
+        state = self._hosts[spec.name]
+        hlog = _session.host_logger(__name__, spec.name)
+        try:
+            state.session = _session.acquire(spec, self.options)
+            conn = state.session.connection()
+            secret = secrets.token_urlsafe(32)
+            config = {
+                "secret": secret,
+                "session": f"{int(time.time())}-{secrets.token_hex(6)}",
+                "servicers": [self._servicer_module],
+                "log_level": self._log_level,
+                "liveness": self._liveness,
+                "heartbeat": HEARTBEAT,
+            }
+            python = self._python or spec.python or "python3"
+            process = start_servicer(
+                conn, python=python, agent=self._bundle, config=config, timeout=self.timeouts.bootstrap
+            )
+            state.process = process
+            state.metadata = ((TOKEN_KEY, secret),)
+            state.tunnel = Tunnel(self._hub, conn, process.port, open_timeout=self.timeouts.connect)
+            target = state.tunnel.target
+            state.channel = self._hub.call(lambda: grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS))
+            _lifelines.watch(self._hub, state)
+            hlog.info(
+                "servicer %s started (pid %d, port %d, python %s, shipped %s) in %.2fs",
+                self._service.name,
+                process.pid,
+                process.port,
+                process.facts.get("python"),
+                ",".join(process.stats.shipped) or "nothing",
+                process.stats.seconds,
+            )
+            return {
+                "pid": process.pid,
+                "port": process.port,
+                "python": process.facts.get("python"),
+                "shipped": list(process.stats.shipped),
+                "round_trips": process.stats.round_trips,
+                "seconds": process.stats.seconds,
+            }
+        except HostError as exc:
+            hlog.warning("%s", exc.message)
+            state.error = exc
+            self._teardown_host(state)
+            return exc
+        except Exception as exc:  # a bug or an unforeseen library error must still stay this host's outcome
+            hlog.exception("unexpected failure while starting")
+            state.error = HostError(spec.name, f"unexpected failure while starting: {exc!r}")
+            self._teardown_host(state)
+            return state.error
+
+    # --- calls ------------------------------------------------------------------------------------------
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(self._hosts)
+
+    def _method(self, name: str) -> Any:
+        method = self._service.methods_by_name.get(name)
+        if method is None:
+            names = list(self._service.methods_by_name)
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"{type(self).__name__} has no method {name!r}{hint} (methods: {', '.join(names)})")
+        return method
+
+    def _request(self, method: Any, fields: Mapping[str, object]) -> Any:
+        message_class = self._pb2_message(method.input_type)
+        present = {k: v for k, v in fields.items() if v is not None}
+        return build_request(message_class, present, method=method.name)
+
+    def _pb2_message(self, descriptor: Any) -> Any:
+        from google.protobuf import message_factory
+
+        return message_factory.GetMessageClass(descriptor)
+
+    def _multicallable(self, state: _HostAgent, method: Any) -> Any:
+        mc = state.methods.get(method.name)
+        if mc is None:
+            assert state.channel is not None
+            path = f"/{self._service.full_name}/{method.name}"
+            request_cls = self._pb2_message(method.input_type)
+            reply_cls = self._pb2_message(method.output_type)
+            kind = {
+                (False, False): state.channel.unary_unary,
+                (False, True): state.channel.unary_stream,
+                (True, False): state.channel.stream_unary,
+                (True, True): state.channel.stream_stream,
+            }[(method.client_streaming, method.server_streaming)]
+            mc = state.methods[method.name] = kind(
+                path, request_serializer=request_cls.SerializeToString, response_deserializer=reply_cls.FromString
+            )
+        return mc
+
+    def call(self, method: str, timeout: Optional[float] = None, **fields: Any) -> Responses:
+        """Call a unary RPC by name on every host (what the generated methods do)."""
+        return self._call(method, fields, timeout=timeout)
+
+    def _call(self, name: str, fields: Mapping[str, object], *, timeout: Optional[float] = None) -> Responses:
+        self._check_open()
+        method = self._method(name)
+        if method.client_streaming or method.server_streaming:
+            raise UsageError(f"{name} is a streaming RPC: use {name}() from the generated class or call_stream()")
+        request = self._request(method, fields)
+        deadline = float(timeout) if timeout is not None else self.timeouts.call
+        if deadline <= 0:
+            raise UsageError(f"timeout must be positive, got {timeout!r}")
+        outcomes = self._hub.run(self._fanout(method, request, deadline), timeout=deadline + 30)
+        return Responses(name, outcomes)
+
+    async def _fanout(self, method: Any, request: Any, deadline: float) -> dict[str, Outcome]:
+        async def one(state: _HostAgent) -> Outcome:
+            if state.error is not None:
+                return state.error
+            try:
+                return await self._multicallable(state, method)(request, timeout=deadline, metadata=state.metadata)
+            except grpc.aio.AioRpcError as exc:
+                return self._rpc_error(state, method.name, exc)
+
+        results = await asyncio.gather(*(one(s) for s in self._hosts.values()))
+        return dict(zip(self._hosts, results))
+
+    def _rpc_error(self, state: _HostAgent, method: str, exc: grpc.aio.AioRpcError) -> HostError:
+        if state.error is not None:  # the servicer's lifeline broke meanwhile: that is the real reason
+            return state.error
+        code = exc.code()
+        trailing = exc.trailing_metadata() or ()
+        tb = ""
+        for key, value in trailing:
+            if key == TRACEBACK_KEY:
+                tb = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        cls = CallTimeout if code == grpc.StatusCode.DEADLINE_EXCEEDED else CallError
+        return cls(state.host, method, code.name if code else "UNKNOWN", exc.details() or "", tb)
+
+    def call_stream(
+        self, name: str, request: Union[Mapping[str, object], Iterable[Any], None] = None, *, timeout: Optional[float] = None
+    ) -> Iterator[tuple[str, Outcome]]:
+        """Call a streaming RPC on every host; yields ``(host, reply)`` as replies arrive, from all hosts.
+
+        A host that fails yields ``(host, HostError)`` once. For client-streaming RPCs, ``request`` is an
+        iterable of messages (or field dicts) that is sent to every host.
+        """
+        return self._call_stream(name, request, timeout=timeout)
+
+    def _call_stream(
+        self, name: str, request: Union[Mapping[str, object], Iterable[Any], None], *, timeout: Optional[float] = None
+    ) -> Iterator[tuple[str, Outcome]]:
+        self._check_open()
+        method = self._method(name)
+        deadline = float(timeout) if timeout is not None else self.timeouts.call
+        if method.client_streaming:
+            source = request if request is not None else ()
+            if isinstance(source, Mapping):
+                raise UsageError(f"{name} takes a stream of requests: pass an iterable of messages or dicts")
+            requests: Optional[Iterable[Any]] = source
+            single = None
+        else:
+            requests = None
+            single = self._request(method, request or {})
+        return _StreamCall(self, method, single, requests, deadline)
+
+    # --- lifetime ---------------------------------------------------------------------------------------
+
+    def logs(self, host: str, max_bytes: int = 1 << 20) -> str:
+        """The servicer's log file on ``host`` (its last ``max_bytes``), for when a servicer misbehaves."""
+        state = self._hosts.get(host)
+        if state is None:
+            raise UsageError(f"{host!r} is not one of this agent's hosts")
+        if state.process is None or state.session is None:
+            raise UsageError(f"{host} has no running servicer: {state.error}")
+        conn = state.session.connection()
+        chan = conn.exec(f"tail -c {int(max_bytes)} -- '{state.process.log_path}'", timeout=self.timeouts.call)
+        chan.settimeout(self.timeouts.call)
+        data = bytearray()
+        with contextlib.suppress(socket.timeout):
+            while chunk := chan.recv(65536):
+                data += chunk
+        chan.close()
+        return data.decode("utf-8", "replace")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"{type(self).__name__} is closed")
+
+    def _teardown_host(self, state: _HostAgent, stop_deadline: Optional[float] = None) -> None:
+        _lifelines.forget(state)
+        if state.channel is not None:
+            channel, state.channel = state.channel, None
+            with contextlib.suppress(Exception):
+                self._hub.run(channel.close(), timeout=2)
+        if state.tunnel is not None:
+            state.tunnel.close()
+            state.tunnel = None
+        if state.process is not None:
+            chan = state.process.channel
+            with contextlib.suppress(Exception):
+                chan.settimeout(1.0)
+                chan.sendall(b"STOP\n")
+                chan.shutdown_write()
+            deadline = stop_deadline or time.monotonic() + self.timeouts.close
+            while not chan.exit_status_ready() and time.monotonic() < deadline and not chan.closed:
+                time.sleep(0.01)
+            chan.close()
+            state.process = None
+        if state.session is not None:
+            _session.release(state.session)
+            state.session = None
+
+    def close(self) -> None:
+        """Stop every servicer (it removes its session directory), close tunnels and connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        _live_agents.discard(self)
+        deadline = time.monotonic() + self.timeouts.close
+        states = list(self._hosts.values())
+        for state in states:  # tell every servicer at once, then wait for them together
+            if state.process is not None:
+                with contextlib.suppress(Exception):
+                    state.process.channel.settimeout(1.0)
+                    state.process.channel.sendall(b"STOP\n")
+        workers = max(1, min(self.options.forks, len(states)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sshfleet-close") as pool:
+            list(pool.map(lambda s: self._teardown_host(s, deadline), states))
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            with contextlib.suppress(Exception):
+                self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._hosts)} hosts"
+        return f"<{type(self).__name__} {state}>"
+
+
+class _StreamCall(Iterator[tuple[str, Outcome]]):
+    """Merges the streams of all hosts into one iterator; the pumping runs on the hub loop."""
+
+    _DONE = object()
+
+    def __init__(self, agent: Agent, method: Any, request: Any, requests: Optional[Iterable[Any]], deadline: float):
+        self.agent = agent
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.pending = 0
+        states = list(agent._hosts.values())
+        self.pending = len(states)
+        self.request_cls = agent._pb2_message(method.input_type)
+        self.future = asyncio.run_coroutine_threadsafe(self._run(method, request, requests, deadline, states), agent._hub.loop)
+        self.deadline = time.monotonic() + deadline + 30
+
+    async def _run(self, method: Any, request: Any, requests: Optional[Iterable[Any]], deadline: float, states: list[_HostAgent]) -> None:
+        loop = asyncio.get_running_loop()
+        feeds: list[asyncio.Queue[Any]] = []
+        if requests is not None:
+            feeds = [asyncio.Queue() for _ in states]
+
+            def read_requests() -> None:
+                try:
+                    for item in requests:
+                        msg = item if hasattr(item, "DESCRIPTOR") else build_request(self.request_cls, item, method=method.name)
+                        for feed in feeds:
+                            loop.call_soon_threadsafe(feed.put_nowait, msg)
+                finally:
+                    for feed in feeds:
+                        loop.call_soon_threadsafe(feed.put_nowait, self._DONE)
+
+            threading.Thread(target=read_requests, name="sshfleet-requests", daemon=True).start()
+
+        async def feed_iter(feed: asyncio.Queue[Any]) -> Any:
+            while (item := await feed.get()) is not self._DONE:
+                yield item
+
+        async def one(index: int, state: _HostAgent) -> None:
+            try:
+                if state.error is not None:
+                    self.queue.put((state.host, state.error))
+                    return
+                mc = self.agent._multicallable(state, method)
+                arg = feed_iter(feeds[index]) if feeds else request
+                call = mc(arg, timeout=deadline, metadata=state.metadata)
+                if method.server_streaming:
+                    async for reply in call:
+                        self.queue.put((state.host, reply))
+                else:
+                    self.queue.put((state.host, await call))
+            except grpc.aio.AioRpcError as exc:
+                self.queue.put((state.host, self.agent._rpc_error(state, method.name, exc)))
+            finally:
+                self.queue.put(self._DONE)
+
+        await asyncio.gather(*(one(i, s) for i, s in enumerate(states)))
+
+    def __next__(self) -> tuple[str, Outcome]:
+        while self.pending:
+            remaining = self.deadline - time.monotonic()
+            try:
+                item = self.queue.get(timeout=max(remaining, 0.001))
+            except queue.Empty:
+                self.future.cancel()
+                raise CallTimeout("*", "stream", "DEADLINE_EXCEEDED", "the stream outlived its deadline") from None
+            if item is self._DONE:
+                self.pending -= 1
+                continue
+            return item  # type: ignore[no-any-return]
+        raise StopIteration
+
+    def cancel(self) -> None:
+        self.agent._hub.loop.call_soon_threadsafe(self.future.cancel)
+
+
+class _Lifelines:
+    """Watches every servicer's bootstrap channel on the hub loop: drains it, sends heartbeats, notices EOF."""
+
+    def __init__(self) -> None:
+        self.states: dict[int, _HostAgent] = {}
+        self.task: Optional[asyncio.Task[None]] = None
+
+    def watch(self, hub: Hub, state: _HostAgent) -> None:
+        def register() -> None:
+            assert state.process is not None
+            chan = state.process.channel
+            chan.settimeout(0.0)
+            self.states[id(state)] = state
+            hub.loop.add_reader(chan.fileno(), self._drain, hub, state)
+            if self.task is None:
+                self.task = hub.loop.create_task(self._beat())
+
+        hub.call(register)
+
+    def forget(self, state: _HostAgent) -> None:
+        process = state.process
+        if self.states.pop(id(state), None) is not None and process is not None:
+            hub = Hub.get()
+            with contextlib.suppress(Exception):
+                hub.call(lambda: hub.loop.remove_reader(process.channel.fileno()), timeout=2)
+
+    def _drain(self, hub: Hub, state: _HostAgent) -> None:
+        process = state.process
+        if process is None:
+            return
+        chan = process.channel
+        eof = False
+        with contextlib.suppress(socket.timeout):
+            while chan.recv_stderr_ready():
+                process.remember_stderr(chan.recv_stderr(65536))
+            while True:
+                data = chan.recv(65536)
+                if not data:
+                    eof = True
+                    break
+        if eof or chan.closed:
+            hub.loop.remove_reader(chan.fileno())
+            self.states.pop(id(state), None)
+            if state.error is None:
+                tail = bytes(process.stderr_tail[-2000:]).decode("utf-8", "replace").strip()
+                state.error = ChannelError(
+                    state.host,
+                    "the servicer's SSH channel closed (servicer exited or connection lost)"
+                    + (f": {tail}" if tail else ""),
+                )
+                log.warning("[host=%s] %s", state.host, state.error.message)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            for state in list(self.states.values()):
+                if state.process is not None:
+                    with contextlib.suppress(Exception):
+                        state.process.channel.send(b"\n")
+
+
+_lifelines = _Lifelines()
+_bundle_cache: dict[tuple[type, Optional[Path]], _payload.Bundle] = {}
+_live_agents: weakref.WeakSet[Agent] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for agent in list(_live_agents):
+        with contextlib.suppress(Exception):
+            agent.close()

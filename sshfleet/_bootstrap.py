@@ -1,0 +1,222 @@
+"""Start a servicer on one host over one SSH exec channel (the protocol is described in remote/bootstrap.py).
+
+Round trips of a warm start: the exec (channel open + exec request), the config going out with the bootstrap
+code in the same write, and the READY line coming back. A cold start adds one NEED line and the bundle bytes.
+``BootstrapStats`` counts them so the benchmarks can show them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from sshfleet import _payload
+from sshfleet._ssh import Channel, SshConnection
+from sshfleet.errors import (
+    BootstrapError,
+    ChannelError,
+    PayloadError,
+    RemotePythonError,
+)
+
+log = logging.getLogger(__name__)
+
+# The exec'd command: a tiny loader reads the real bootstrap code from stdin, so nothing secret is in argv and
+# the command line stays short. The trailing word marks the process as sshfleet's in `ps` on the host.
+LOADER = "import sys;b=sys.stdin.buffer;exec(compile(b.read(int(b.readline())),'sshfleet-bootstrap','exec'))"
+MARKER = "sshfleet-servicer"
+
+_ERROR_KINDS: dict[str, type[BootstrapError]] = {
+    "no_python": RemotePythonError,
+    "payload_failed": PayloadError,
+}
+
+
+@dataclass
+class BootstrapStats:
+    """What one start cost: round trips on the wire and bytes shipped."""
+
+    round_trips: int = 0
+    bytes_sent: int = 0
+    shipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class ServicerProcess:
+    """A servicer running on a host: its bootstrap channel is its lifeline (see remote/runtime.py)."""
+
+    host: str
+    channel: Channel
+    port: int
+    pid: int
+    session_dir: str
+    log_path: str
+    facts: dict[str, Any]
+    stats: BootstrapStats
+    stderr_tail: bytearray = field(default_factory=bytearray)
+
+    def remember_stderr(self, data: bytes) -> None:
+        self.stderr_tail += data
+        del self.stderr_tail[:-65536]
+
+
+def remote_command(python: str) -> str:
+    """`exec` so the servicer replaces the login shell and leads its own process group (sshd setsid()s it)."""
+    return f"exec {shlex.quote(python)} -c {shlex.quote(LOADER)} {MARKER}"
+
+
+class _LineReader:
+    """Reads stdout lines (and keeps stderr) from a channel, never past a deadline."""
+
+    def __init__(self, host: str, chan: Channel, deadline: float) -> None:
+        self.host = host
+        self.chan = chan
+        self.deadline = deadline
+        self.buf = b""
+        self.stderr = bytearray()
+
+    def _drain_stderr(self) -> None:
+        while self.chan.recv_stderr_ready():
+            self.stderr += self.chan.recv_stderr(65536)
+
+    def readline(self) -> Optional[bytes]:
+        while b"\n" not in self.buf:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout()
+            self.chan.settimeout(min(remaining, 0.5))
+            try:
+                data = self.chan.recv(65536)
+            except socket.timeout:
+                self._drain_stderr()
+                continue
+            self._drain_stderr()
+            if not data:
+                return None
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def tail(self) -> str:
+        self._drain_stderr()
+        return bytes(self.stderr[-4000:]).decode("utf-8", "replace")
+
+
+def start_servicer(
+    conn: SshConnection,
+    *,
+    python: str,
+    agent: _payload.Bundle,
+    config: Mapping[str, Any],
+    timeout: float,
+    on_progress: Optional[Callable[[str], None]] = None,
+) -> ServicerProcess:
+    """Probe, ship what the host lacks, start the servicer; return once it listens.
+
+    Raises BootstrapError (or RemotePythonError / PayloadError / ChannelError) naming the host, with the remote
+    output in ``log_tail``; the channel is closed on every failure.
+    """
+    host = conn.host
+    started = time.monotonic()
+    stats = BootstrapStats()
+    chan = conn.exec(remote_command(python), timeout=timeout)
+    stats.round_trips += 2  # channel open, exec request
+    reader = _LineReader(host, chan, started + timeout)
+    try:
+        code = _payload.bootstrap_source()
+        full_config = {**config, "agent": agent.hash, "deps": _payload.known_deps()}
+        head = str(len(code)).encode() + b"\n" + code + json.dumps(full_config).encode() + b"\n"
+        chan.sendall(head)
+        stats.bytes_sent += len(head)
+        while True:
+            line = reader.readline()
+            if line is None:
+                raise _exited(conn, chan, reader, python)
+            if not line.startswith(b"SSHFLEET "):
+                continue  # e.g. a heartbeat or noise from a login script
+            kind, _, body = line[len(b"SSHFLEET ") :].partition(b" ")
+            payload = json.loads(body)
+            stats.round_trips += 1
+            if kind == b"READY":
+                stats.seconds = time.monotonic() - started
+                return ServicerProcess(
+                    host=host,
+                    channel=chan,
+                    port=int(payload["port"]),
+                    pid=int(payload["pid"]),
+                    session_dir=payload["session_dir"],
+                    log_path=payload["log"],
+                    facts=payload["facts"],
+                    stats=stats,
+                    stderr_tail=bytearray(reader.stderr),
+                )
+            if kind == b"ERROR":
+                cls = _ERROR_KINDS.get(payload.get("kind", ""), BootstrapError)
+                tail = payload.get("traceback") or reader.tail()
+                raise cls(host, payload.get("message", "bootstrap failed"), log_tail=tail)
+            if kind == b"NEED":
+                _ship(conn, chan, payload, agent, stats, on_progress)
+    except socket.timeout:
+        chan.close()
+        raise BootstrapError(
+            host, f"the servicer did not start within {timeout:g}s", log_tail=reader.tail()
+        ) from None
+    except (OSError, EOFError) as exc:
+        chan.close()
+        raise ChannelError(host, f"the connection broke during bootstrap: {exc}") from exc
+    except BootstrapError:
+        chan.close()
+        raise
+
+
+def _ship(
+    conn: SshConnection,
+    chan: Channel,
+    need: Mapping[str, Any],
+    agent: _payload.Bundle,
+    stats: BootstrapStats,
+    on_progress: Optional[Callable[[str], None]],
+) -> None:
+    facts = need["facts"]
+    for name in need["missing"]:
+        if name == "agent":
+            bundle = agent
+        else:
+            try:
+                bundle = _payload.deps_bundle(facts)
+            except _payload.DepsUnavailable as exc:
+                message = f"cannot serve Python {facts['python']} ({facts['executable']}): {exc}"
+                chan.sendall(json.dumps({"error": message, "kind": "no_python"}).encode() + b"\n")
+                raise RemotePythonError(conn.host, message) from exc
+        if on_progress:
+            on_progress(f"shipping {name} bundle ({bundle.size / 1e6:.1f} MB)")
+        log.info("[host=%s] shipping %s bundle %s (%d bytes)", conn.host, name, bundle.hash[:12], bundle.size)
+        chan.sendall(bundle.header())
+        chan.sendall(bundle.data)
+        stats.bytes_sent += bundle.size
+        stats.shipped.append(name)
+
+
+def _exited(conn: SshConnection, chan: Channel, reader: _LineReader, python: str) -> BootstrapError:
+    """The channel closed before READY: explain why, most often a missing interpreter."""
+    settle = time.monotonic() + 2.0
+    while not chan.exit_status_ready() and time.monotonic() < settle:
+        time.sleep(0.01)
+    status = chan.recv_exit_status() if chan.exit_status_ready() else -1
+    tail = reader.tail()
+    chan.close()
+    if status == 127 or "not found" in tail or "No such file" in tail:
+        return RemotePythonError(
+            conn.host,
+            f"no usable Python: {python!r} was not found on the host (exit status {status}); install python3 or "
+            "name an interpreter with the inventory var ansible_python_interpreter",
+            log_tail=tail,
+        )
+    return BootstrapError(conn.host, f"the bootstrap exited with status {status} before the servicer started", tail)

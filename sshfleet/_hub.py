@@ -1,0 +1,265 @@
+"""The one I/O thread of the controller: an asyncio loop that pumps every tunnel and runs every gRPC call.
+
+Why one loop: a thread per tunnel per direction (the obvious design) costs a context switch per packet and
+grows with the fleet. Here each host costs only paramiko's own transport thread; the pumping of all forwards,
+the heartbeats of all servicers and the grpc.aio calls of all hosts share this loop.
+
+A ``Tunnel`` is a Unix socket in a private 0700 directory on the controller (so no other local user can use it)
+whose every connection is spliced to a fresh direct-tcpip channel to the servicer's port on the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Coroutine
+from typing import Any, Callable, Optional, TypeVar
+
+from sshfleet._ssh import Channel, SshConnection
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_CHUNK = 256 * 1024
+
+
+class Hub:
+    """The process-wide I/O loop, started on first use, stopped at interpreter exit."""
+
+    _instance: Optional[Hub] = None
+    _instance_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="sshfleet-io", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def get(cls) -> Hub:
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = Hub()
+            return cls._instance
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def in_loop(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: Optional[float] = None) -> T:
+        """Run ``coro`` on the loop and wait for it (from any other thread)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except (concurrent.futures.TimeoutError, KeyboardInterrupt):
+            future.cancel()
+            raise
+
+    def call(self, fn: Callable[[], T], timeout: Optional[float] = None) -> T:
+        """Run a plain function on the loop thread (for objects that must only be touched there)."""
+        if self.in_loop():
+            return fn()
+
+        async def wrapper() -> T:
+            return fn()
+
+        return self.run(wrapper(), timeout)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(2)
+
+
+@atexit.register
+def _stop_hub() -> None:
+    if Hub._instance is not None:
+        Hub._instance.stop()
+
+
+class _Splice:
+    """Copies bytes both ways between one local socket and one SSH channel, without blocking the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, chan: Channel) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.chan = chan
+        self.to_chan = b""  # bytes read from the socket that the channel's window did not take yet
+        self.to_sock = b""
+        self.closed = False
+        sock.setblocking(False)
+        chan.settimeout(0.0)
+        self.chan_fd = chan.fileno()
+        loop.add_reader(sock.fileno(), self._from_sock)
+        loop.add_reader(self.chan_fd, self._from_chan)
+
+    def _from_sock(self) -> None:
+        try:
+            data = self.sock.recv(_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(self.sock.fileno())
+            with contextlib.suppress(OSError, EOFError):
+                self.chan.shutdown_write()
+            self._maybe_close()
+            return
+        self.to_chan = data
+        self._flush_to_chan()
+
+    def _flush_to_chan(self) -> None:
+        while self.to_chan:
+            try:
+                sent = self.chan.send(self.to_chan)
+            except socket.timeout:
+                sent = -1
+            except (OSError, EOFError):
+                self.close()
+                return
+            if sent <= 0:
+                # The channel's window is full: stop reading the socket, try again shortly.
+                self.loop.remove_reader(self.sock.fileno())
+                self.loop.call_later(0.002, self._flush_to_chan)
+                return
+            self.to_chan = self.to_chan[sent:]
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._from_sock)
+
+    def _from_chan(self) -> None:
+        chunks = []
+        eof = False
+        while True:
+            try:
+                data = self.chan.recv(_CHUNK)
+            except socket.timeout:
+                break
+            except (OSError, EOFError):
+                data = b""
+            if not data:
+                eof = True
+                break
+            chunks.append(data)
+        if chunks:
+            self.to_sock += b"".join(chunks)
+            self._flush_to_sock()
+        if eof:
+            self.loop.remove_reader(self.chan_fd)
+            if not self.to_sock:
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_WR)
+            self._maybe_close()
+
+    def _flush_to_sock(self) -> None:
+        try:
+            sent = self.sock.send(self.to_sock)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        self.to_sock = self.to_sock[sent:]
+        if self.to_sock:
+            self.loop.remove_reader(self.chan_fd)
+            self.loop.add_writer(self.sock.fileno(), self._drain_sock)
+
+    def _drain_sock(self) -> None:
+        self._flush_to_sock()
+        if not self.to_sock and not self.closed:
+            self.loop.remove_writer(self.sock.fileno())
+            self.loop.add_reader(self.chan_fd, self._from_chan)
+
+    def _maybe_close(self) -> None:
+        if self.chan.closed or (self.chan.eof_received and self.chan.eof_sent):
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for remove in (self.loop.remove_reader, self.loop.remove_writer):
+            with contextlib.suppress(Exception):
+                remove(self.sock.fileno())
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.chan_fd)
+        with contextlib.suppress(Exception):
+            self.sock.close()
+        with contextlib.suppress(Exception):
+            self.chan.close()
+
+
+class Tunnel:
+    """A local Unix socket forwarded to ``127.0.0.1:port`` on the host through its SSH connection (``ssh -L``).
+
+    ``target`` is the gRPC address to dial. ``close()`` stops accepting, closes every spliced connection and
+    removes the private directory; it is idempotent.
+    """
+
+    def __init__(self, hub: Hub, conn: SshConnection, port: int, *, open_timeout: float) -> None:
+        self.hub = hub
+        self.conn = conn
+        self.port = port
+        self.open_timeout = open_timeout
+        self.dir = tempfile.mkdtemp(prefix="sshfleet-")  # mkdtemp makes it 0700
+        self.path = os.path.join(self.dir, "grpc.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(16)
+        self.listener.setblocking(False)
+        self.splices: set[_Splice] = set()
+        self.closed = False
+        hub.call(lambda: hub.loop.add_reader(self.listener.fileno(), self._accept))
+
+    @property
+    def target(self) -> str:
+        return f"unix:{self.path}"
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, OSError):
+            return
+        self.hub.loop.create_task(self._connect(sock))
+
+    async def _connect(self, sock: socket.socket) -> None:
+        try:
+            chan = await self.hub.loop.run_in_executor(
+                None, lambda: self.conn.open_forward("127.0.0.1", self.port, timeout=self.open_timeout)
+            )
+        except Exception as exc:
+            log.debug("[host=%s] forward to port %d failed: %s", self.conn.host, self.port, exc)
+            sock.close()
+            return
+        if self.closed:
+            sock.close()
+            chan.close()
+            return
+        splice = _Splice(self.hub.loop, sock, chan)
+        self.splices = {s for s in self.splices if not s.closed}
+        self.splices.add(splice)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+
+        def shut() -> None:
+            with contextlib.suppress(Exception):
+                self.hub.loop.remove_reader(self.listener.fileno())
+            self.listener.close()
+            for splice in list(self.splices):
+                splice.close()
+
+        with contextlib.suppress(Exception):
+            self.hub.call(shut, timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,174 @@
+# Runs on the host, sent over stdin by the controller (see sshfleet/_bootstrap.py). Standard library only, and
+# written for old Pythons (no f-string "=" or walrus) so that even a too-old host gets a clear error.
+#
+# Protocol, one SSH exec channel, line-oriented on stdout:
+#   controller -> host : this file (length-prefixed), then one JSON line (the config)
+#   host -> controller : "SSHFLEET NEED <json>" when bundles are missing from the cache, then, for each missing
+#                        bundle, controller -> host: one JSON line {"name","hash","size"} and `size` raw bytes;
+#   host -> controller : "SSHFLEET READY <json>" once the servicer listens, or "SSHFLEET ERROR <json>".
+# After READY the channel stays open: it carries heartbeats both ways, and its EOF stops the servicer.
+import hashlib
+import json
+import os
+import platform
+import shutil
+import stat
+import sys
+import tarfile
+import tempfile
+import traceback
+
+MIN_PYTHON = (3, 9)
+COMPLETE_MARK = ".sshfleet-complete"
+
+
+def emit(kind, payload):
+    sys.stdout.write("SSHFLEET %s %s\n" % (kind, json.dumps(payload)))
+    sys.stdout.flush()
+
+
+def fail(kind, message, **extra):
+    payload = {"kind": kind, "message": message}
+    payload.update(extra)
+    emit("ERROR", payload)
+    sys.exit(1)
+
+
+def host_facts():
+    libc, libc_version = platform.libc_ver()
+    return {
+        "python": platform.python_version(),
+        "tag": "cp%d%d-%s" % (sys.version_info[0], sys.version_info[1], platform.machine()),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "libc": libc,
+        "libc_version": libc_version,
+        "executable": sys.executable,
+    }
+
+
+def private_dir(path):
+    """Create `path` as a 0700 directory owned by us, or check that an existing one is exactly that."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+        fail("payload_failed", "%s is not a directory" % path)
+    if st.st_uid != os.geteuid():
+        fail("payload_failed", "%s is owned by uid %d, not by us (uid %d): refusing it" % (path, st.st_uid, os.geteuid()))
+    if st.st_mode & 0o077:
+        fail("payload_failed", "%s has mode %o; sshfleet needs 0700: refusing it" % (path, st.st_mode & 0o777))
+    return path
+
+
+def is_complete(bundle_dir):
+    return os.path.isfile(os.path.join(bundle_dir, COMPLETE_MARK))
+
+
+def read_exact(stream, size):
+    chunks = []
+    while size > 0:
+        chunk = stream.read(min(size, 1 << 20))
+        if not chunk:
+            fail("payload_failed", "the controller closed the stream in the middle of a bundle")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def safe_members(tar, dest):
+    dest = os.path.realpath(dest)
+    for member in tar.getmembers():
+        target = os.path.realpath(os.path.join(dest, member.name))
+        if not (target == dest or target.startswith(dest + os.sep)):
+            fail("payload_failed", "bundle member %r escapes the bundle directory" % member.name)
+        if not (member.isfile() or member.isdir()):
+            fail("payload_failed", "bundle member %r is not a plain file or directory" % member.name)
+        yield member
+
+
+def install_bundle(cache, meta, stream):
+    """Receive one bundle, check its hash, unpack it next to its final place and rename it in atomically.
+
+    Hosts may share $HOME: when another host installed the same hash first, its copy is kept and ours dropped.
+    """
+    data = read_exact(stream, int(meta["size"]))
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != meta["hash"]:
+        fail("payload_failed", "bundle %s arrived with hash %s, expected %s" % (meta["name"], digest, meta["hash"]))
+    final = os.path.join(cache, meta["hash"])
+    if is_complete(final):
+        return
+    tmp = tempfile.mkdtemp(prefix=".tmp-%s-" % meta["hash"][:12], dir=cache)
+    try:
+        import io
+
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            members = list(safe_members(tar, tmp))
+            if sys.version_info >= (3, 12):
+                tar.extractall(tmp, members=members, filter="data")
+            else:
+                tar.extractall(tmp, members=members)
+        with open(os.path.join(tmp, COMPLETE_MARK), "w") as f:
+            f.write(meta["hash"] + "\n")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Another installer won the race (ENOTEMPTY/EEXIST); theirs is as good as ours if complete.
+            if not is_complete(final):
+                # A half-made directory with our hash's name can only be debris of a crash: replace it.
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main():
+    stdin = sys.stdin.buffer
+    config = json.loads(stdin.readline().decode("utf-8"))
+    facts = host_facts()
+    if sys.version_info < MIN_PYTHON:
+        fail(
+            "no_python",
+            "Python %s at %s is too old: sshfleet needs Python >= %d.%d on the host "
+            "(name another interpreter with the inventory var ansible_python_interpreter)"
+            % (facts["python"], sys.executable, MIN_PYTHON[0], MIN_PYTHON[1]),
+            facts=facts,
+        )
+    home_cache = os.path.expanduser(config.get("cache", "~/.cache/sshfleet"))
+    parent = os.path.dirname(home_cache)
+    if not os.path.isdir(parent):
+        os.makedirs(parent, 0o700)
+    cache = private_dir(home_cache)
+
+    deps_hash = config["deps"].get(facts["tag"])
+    wanted = {"agent": config["agent"]}
+    if deps_hash:
+        wanted["deps"] = deps_hash
+    missing = [name for name, h in sorted(wanted.items()) if not is_complete(os.path.join(cache, h))]
+    if "deps" not in wanted:
+        missing.append("deps")
+    if missing:
+        emit("NEED", {"missing": missing, "facts": facts})
+        for _ in missing:
+            meta = json.loads(stdin.readline().decode("utf-8"))
+            if "error" in meta:
+                fail(meta.get("kind", "no_python"), meta["error"], facts=facts)
+            install_bundle(cache, meta, stdin)
+            wanted[meta["name"]] = meta["hash"]
+
+    sessions = private_dir(os.path.join(cache, "sessions"))
+    session_dir = private_dir(os.path.join(sessions, config["session"]))
+    sys.path[:0] = [os.path.join(cache, wanted["agent"]), os.path.join(cache, wanted["deps"])]
+    try:
+        import sshfleet_runtime
+    except Exception:
+        shutil.rmtree(session_dir, ignore_errors=True)
+        fail("bootstrap_failed", "cannot import the sshfleet runtime on the host", traceback=traceback.format_exc())
+    sshfleet_runtime.serve(config, facts, session_dir, stdin, emit)
+
+
+main()
