@@ -1,0 +1,320 @@
+"""The SSH seam's pure parts: settings merge, known_hosts matching, accept-new bookkeeping. No network."""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import hmac
+import logging
+import os
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from sshfleet._fleetconnect import connect_all
+from sshfleet._options import HostSpec, SshOptions, Timeouts
+from sshfleet._ssh import _known_hosts as kh
+from sshfleet._ssh import connect, resolve
+from sshfleet.errors import ConnectError, UsageError
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty home directory, so the developer's own ~/.ssh never leaks into a test."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def write_config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "ssh_config"
+    path.write_text(text)
+    return str(path)
+
+
+def opts(config: str | None = None, **changes) -> SshOptions:
+    return SshOptions(ssh_config=config, **changes)
+
+
+# --- merge order -----------------------------------------------------------------------------------------
+
+
+def test_defaults_without_ssh_config(home):
+    host = resolve(HostSpec("web1"), opts())
+    assert (host.name, host.hostname, host.port, host.user) == ("web1", "web1", 22, getpass.getuser())
+    assert host.identity_files == ()
+    assert host.proxy_jump == ()
+    assert host.host_key_policy == "strict"
+    assert host.known_hosts_files[0] == str(home / ".ssh/known_hosts")
+    assert host.known_hosts_write == str(home / ".ssh/known_hosts")
+    assert (host.connect_timeout, host.auth_timeout, host.keepalive) == (10.0, 20.0, 15.0)
+
+
+def test_missing_ssh_config_file_is_not_an_error(home, tmp_path):
+    host = resolve(HostSpec("web1"), opts(str(tmp_path / "nope")))
+    assert host.hostname == "web1"
+
+
+def test_ssh_config_values_are_used(home, tmp_path):
+    config = write_config(
+        tmp_path,
+        "Host web*\n  HostName 10.1.2.3\n  User deploy\n  Port 2222\n  IdentityFile ~/.ssh/web_key\n"
+        "Host *\n  IdentityFile ~/.ssh/any_key\n",
+    )
+    host = resolve(HostSpec("web1"), opts(config))
+    assert (host.hostname, host.port, host.user) == ("10.1.2.3", 2222, "deploy")
+    assert host.identity_files == (str(home / ".ssh/web_key"), str(home / ".ssh/any_key"))
+
+
+def test_inventory_beats_ssh_config_and_options_beat_inventory(home, tmp_path):
+    config = write_config(tmp_path, "Host web1\n  HostName 10.1.2.3\n  User deploy\n  Port 2222\n")
+    spec = HostSpec("web1", hostname="192.0.2.7", port=2200, user="inv")
+    host = resolve(spec, opts(config))
+    assert (host.hostname, host.port, host.user) == ("192.0.2.7", 2200, "inv")
+    host = resolve(spec, opts(config, user="cli", port=22))
+    assert (host.hostname, host.port, host.user) == ("192.0.2.7", 22, "cli")
+
+
+def test_identity_files_accumulate_explicit_first(home, tmp_path):
+    config = write_config(tmp_path, "Host *\n  IdentityFile ~/.ssh/from_config\n")
+    spec = HostSpec("web1", identity_file="~/.ssh/from_inventory")
+    host = resolve(spec, opts(config, identity_files=("~/.ssh/from_options", "~/.ssh/from_config")))
+    names = [os.path.basename(p) for p in host.identity_files]
+    assert names == ["from_options", "from_config", "from_inventory"]
+
+
+def test_default_identities_only_when_none_named(home, tmp_path):
+    (home / ".ssh/id_ed25519").write_text("x")
+    (home / ".ssh/id_rsa").write_text("x")
+    host = resolve(HostSpec("web1"), opts())
+    assert host.identity_files == (str(home / ".ssh/id_ed25519"), str(home / ".ssh/id_rsa"))
+    assert resolve(HostSpec("web1"), opts(look_for_keys=False)).identity_files == ()
+    named = resolve(HostSpec("web1", identity_file="/k"), opts())
+    assert named.identity_files == ("/k",)
+
+
+def test_identities_only(home, tmp_path):
+    config = write_config(tmp_path, "Host a\n  IdentitiesOnly yes\n")
+    assert resolve(HostSpec("a"), opts(config)).identities_only is True
+    assert resolve(HostSpec("b"), opts(config)).identities_only is False
+
+
+def test_connect_timeout_and_keepalive_from_ssh_config_unless_explicit(home, tmp_path):
+    config = write_config(
+        tmp_path, "Host *\n  ConnectTimeout 3\n  ServerAliveInterval 7\n  ServerAliveCountMax 5\n"
+    )
+    host = resolve(HostSpec("a"), opts(config))
+    assert (host.connect_timeout, host.keepalive, host.keepalive_count_max) == (3.0, 7.0, 5)
+    explicit = opts(config, timeouts=Timeouts(connect=4.5), keepalive=30.0)
+    host = resolve(HostSpec("a"), explicit)
+    assert (host.connect_timeout, host.keepalive) == (4.5, 30.0)
+
+
+def test_known_hosts_files(home, tmp_path):
+    config = write_config(
+        tmp_path,
+        "Host a\n  UserKnownHostsFile /dev/null ~/kh2\n  GlobalKnownHostsFile /etc/g\n"
+        "Host b\n  UserKnownHostsFile ~/kh3\n",
+    )
+    host = resolve(HostSpec("a"), opts(config))
+    assert host.known_hosts_files == ("/dev/null", str(home / "kh2"), "/etc/g")
+    assert host.known_hosts_write == str(home / "kh2")
+    host = resolve(HostSpec("a"), opts(config, known_hosts="~/explicit"))
+    assert host.known_hosts_files == (str(home / "explicit"),)
+    assert resolve(HostSpec("b"), opts(config)).known_hosts_write == str(home / "kh3")
+
+
+@pytest.mark.parametrize(
+    ("value", "explicit", "expected"),
+    [
+        ("yes", "strict", "strict"),
+        ("ask", "strict", "strict"),
+        ("accept-new", "strict", "accept-new"),
+        ("no", "strict", "strict"),
+        ("off", "strict", "strict"),
+        ("yes", "accept-new", "accept-new"),
+        ("no", "accept-new", "accept-new"),
+    ],
+)
+def test_strict_host_key_checking(home, tmp_path, value, explicit, expected):
+    config = write_config(tmp_path, f"Host *\n  StrictHostKeyChecking {value}\n")
+    assert resolve(HostSpec("a"), opts(config, host_key_policy=explicit)).host_key_policy == expected
+
+
+def test_strict_host_key_checking_no_warns(home, tmp_path, caplog):
+    config = write_config(tmp_path, "Host *\n  StrictHostKeyChecking no\n")
+    with caplog.at_level(logging.WARNING, logger="sshfleet.ssh"):
+        resolve(HostSpec("a"), opts(config))
+    assert "StrictHostKeyChecking no is not honoured" in caplog.text
+
+
+def test_proxy_jump_hops_resolved_through_ssh_config(home, tmp_path):
+    config = write_config(
+        tmp_path,
+        "Host target\n  ProxyJump ops@bastion:2200,inner\n  User tuser\n"
+        "Host bastion\n  HostName 10.0.0.1\n  IdentityFile ~/.ssh/bastion_key\n"
+        "Host inner\n  HostName 10.0.0.2\n  User iuser\n  ProxyJump elsewhere\n",
+    )
+    host = resolve(HostSpec("target"), opts(config, user="cli", identity_files=("~/.ssh/fleet",)))
+    assert host.user == "cli"
+    first, second = host.proxy_jump
+    assert (first.name, first.hostname, first.port, first.user) == ("bastion", "10.0.0.1", 2200, "ops")
+    assert [os.path.basename(p) for p in first.identity_files] == ["fleet", "bastion_key"]
+    assert (second.hostname, second.port, second.user) == ("10.0.0.2", 22, "iuser")
+    assert second.proxy_jump == ()  # a hop's own ProxyJump is ignored
+
+
+def test_proxy_jump_none_and_bad_values(home, tmp_path):
+    config = write_config(tmp_path, "Host a\n  ProxyJump none\nHost b\n  ProxyJump ok,bad host\n")
+    assert resolve(HostSpec("a"), opts(config)).proxy_jump == ()
+    with pytest.raises(UsageError, match="bad ProxyJump hop"):
+        resolve(HostSpec("b"), opts(config))
+
+
+def test_unusable_ssh_config_values(home, tmp_path):
+    config = write_config(tmp_path, "Host a\n  Port abc\nHost b\n  ProxyCommand nc %h %p\n")
+    with pytest.raises(UsageError, match="Port must be an integer"):
+        resolve(HostSpec("a"), opts(config))
+    with pytest.raises(UsageError, match="ProxyCommand is not supported"):
+        resolve(HostSpec("b"), opts(config))
+
+
+def test_host_key_names(home, tmp_path):
+    config = write_config(
+        tmp_path, "Host a\n  HostName 10.0.0.1\nHost b\n  HostKeyAlias shared\n  Port 2222\n"
+    )
+    assert resolve(HostSpec("a"), opts(config)).host_key_names == ("10.0.0.1", "a")
+    assert resolve(HostSpec("a", port=2222), opts(config)).host_key_names == ("[10.0.0.1]:2222", "[a]:2222")
+    assert resolve(HostSpec("c"), opts(config)).host_key_names == ("c",)
+    assert resolve(HostSpec("b"), opts(config)).host_key_names == ("[shared]:2222",)
+
+
+def test_connect_reports_unusable_config_as_host_error(home, tmp_path):
+    config = write_config(tmp_path, "Host bad\n  ProxyCommand nc %h %p\n")
+    with pytest.raises(ConnectError) as info:
+        connect(HostSpec("bad"), opts(config))
+    assert (info.value.host, info.value.phase) == ("bad", "config")
+
+
+def test_connect_all_never_raises_for_host_failures(home, tmp_path):
+    config = write_config(tmp_path, "Host bad*\n  ProxyCommand nc %h %p\n")
+    specs = [HostSpec(f"bad{i}") for i in range(5)]
+    results = connect_all(specs, opts(config, forks=2))
+    assert list(results) == [s.name for s in specs]
+    assert all(isinstance(r, ConnectError) and r.phase == "config" for r in results.values())
+    assert connect_all([], opts()) == {}
+
+
+# --- known_hosts -----------------------------------------------------------------------------------------
+
+BLOB = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(range(32))
+OTHER = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(range(1, 33))
+B64 = base64.b64encode(BLOB).decode()
+
+
+def hashed(name: str, salt: bytes = b"0123456789abcdefghij") -> str:
+    digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
+@pytest.mark.parametrize(
+    ("patterns", "name", "expected"),
+    [
+        ("a,b", "b", True),
+        ("a,b", "c", False),
+        ("[10.0.0.1]:2222", "[10.0.0.1]:2222", True),
+        ("10.0.0.1", "[10.0.0.1]:2222", False),
+        ("*.lab", "web.lab", True),
+        ("*.lab,!db.lab", "db.lab", False),
+        ("WEB.lab", "web.LAB", True),
+        (hashed("web1"), "web1", True),
+        (hashed("web1"), "web2", False),
+        (hashed("[web1]:2222"), "[web1]:2222", True),
+        ("|1|garbage", "web1", False),
+    ],
+)
+def test_host_matches(patterns, name, expected):
+    assert kh.host_matches(patterns, name) is expected
+
+
+def test_lookup_and_check(tmp_path):
+    path = tmp_path / "known_hosts"
+    path.write_text(
+        f"# comment\n\nnot a key line\nweb1,10.0.0.1 ssh-ed25519 {B64}\n"
+        f"@revoked web2 ssh-ed25519 {B64}\n@cert-authority *.lab ssh-ed25519 {B64}\n"
+        f"{hashed('web3')} ssh-ed25519 {base64.b64encode(OTHER).decode()} comment here\n"
+    )
+    files = [str(tmp_path / "missing"), str(path)]
+    found = kh.lookup(files, ["10.0.0.1", "alias"])
+    assert [(k.line, k.marker) for k in found] == [(4, "")]
+    assert kh.check(found, BLOB).status == "ok"
+    changed = kh.check(kh.lookup(files, ["web3"]), BLOB)
+    assert changed.status == "changed"
+    assert changed.known[0].fingerprint == kh.fingerprint(OTHER)
+    assert kh.check(kh.lookup(files, ["web2"]), BLOB).status == "revoked"
+    assert kh.check(kh.lookup(files, ["x.lab"]), BLOB).status == "unknown"  # a CA line is not a host key
+    assert kh.check(kh.lookup(files, ["nobody"]), BLOB).status == "unknown"
+
+
+def test_fingerprint_matches_ssh_keygen(tmp_path):
+    key = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
+    blob = base64.b64decode((tmp_path / "k.pub").read_text().split()[1])
+    out = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", str(key) + ".pub"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert out.split()[1] == kh.fingerprint(blob)
+
+
+def test_preferred_algorithms_put_known_types_first():
+    known = [
+        kh.KnownKey("ssh-rsa", b"", "f", 1),
+        kh.KnownKey("ecdsa-sha2-nistp256", b"", "f", 2),
+        kh.KnownKey("ssh-ed25519", b"", "f", 3, marker="@revoked"),
+    ]
+    supported = ("ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512", "rsa-sha2-256")
+    assert kh.preferred_algorithms(known, supported) == (
+        "rsa-sha2-512",
+        "rsa-sha2-256",
+        "ecdsa-sha2-nistp256",
+        "ssh-ed25519",
+    )
+    assert kh.preferred_algorithms([], supported) == supported
+
+
+def test_append_if_absent_creates_private_file_once_under_concurrency(tmp_path):
+    path = str(tmp_path / "new" / "known_hosts")
+    verdicts = []
+
+    def add():
+        verdicts.append(kh.append_if_absent(path, ["[h]:2222", "alias"], "[h]:2222", "ssh-ed25519", BLOB))
+
+    threads = [threading.Thread(target=add) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [v.status for v in verdicts] == ["ok"] * 16
+    assert Path(path).read_text() == f"[h]:2222 ssh-ed25519 {B64}\n"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    # A different key arriving later for the same host is a change, never appended.
+    other = kh.append_if_absent(path, ["[h]:2222"], "[h]:2222", "ssh-ed25519", OTHER)
+    assert other.status == "changed"
+    assert Path(path).read_text().count("\n") == 1
+
+
+def test_append_if_absent_keeps_existing_lines(tmp_path):
+    path = tmp_path / "known_hosts"
+    path.write_text("other ssh-ed25519 AAAA")  # no trailing newline
+    kh.append_if_absent(str(path), ["h"], "h", "ssh-ed25519", BLOB)
+    assert path.read_text() == f"other ssh-ed25519 AAAA\nh ssh-ed25519 {B64}\n"
