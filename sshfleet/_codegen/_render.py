@@ -181,7 +181,10 @@ def _servicer_method(method: MethodInfo, modules: dict[str, str]) -> list[str]:
         lines += _docstring(method.doc, "        ")
     lines.append(f'        log.debug("Invoking: {method.name}(...)")')
     fields = method.request.fields
-    unpack = [f"{f.param} = request.{f.name}" for f in fields]
+    unpack = [
+        f'{f.param} = getattr(request, "{f.name}")' if f.param != f.name else f"{f.param} = request.{f.name}"
+        for f in fields
+    ]
     if method.client_streaming:
         lines.append("        for request in request_iterator:")
         lines += [f"            {line}" for line in unpack] or ["            pass"]
@@ -214,8 +217,10 @@ def render_servicer(info: ServiceInfo) -> str:
         "",
     ]
     if "grpc.StatusCode" in text:
-        lines += ["import grpc", ""]
+        lines.append("import grpc")
     lines += _foreign_imports(used_foreign)
+    if lines[-1]:
+        lines.append("")
     lines += [
         "try:  # package import on the controller, top-level import on the host",
         f"    from . import {name}_pb2 as pb",
