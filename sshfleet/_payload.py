@@ -39,8 +39,11 @@ _lock = threading.Lock()
 
 def controller_cache() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    path = base / "sshfleet" / "controller"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    base.mkdir(parents=True, exist_ok=True)
+    # ~/.cache/sshfleet is also the payload cache when this machine is a host (shared $HOME): keep it 0700,
+    # as the bootstrap checks.
+    for path in (base / "sshfleet", base / "sshfleet" / "controller"):
+        path.mkdir(exist_ok=True, mode=0o700)
     return path
 
 
