@@ -1,6 +1,6 @@
-# Servicer of sysinfo.SysinfoAgent (proto/sysinfo.proto): started from the `sshfleet generate` template and
-# implemented by hand; `sshfleet generate` keeps it unless --force. It runs on the hosts, so it may use only the
-# standard library, grpc and protobuf, on Python >= 3.8.
+# Servicer of sysinfo.SysinfoAgent (proto/sysinfo.proto): started from the `sshfleet generate` template
+# and implemented by hand; `sshfleet generate` keeps it unless --force. It runs on the hosts, so it may use
+# only the standard library, grpc and protobuf, on Python >= 3.8.
 """Facts about the host (uname, Python, pid) plus sleep, failure and streaming probes."""
 
 import logging
@@ -55,7 +55,7 @@ class SysinfoAgentServicer(pb_grpc.SysinfoAgentServicer):
         seconds = request.seconds
         log.debug("Invoking: Sleep(seconds=%r)", seconds)
         if not seconds >= 0:  # also catches NaN
-            return pb.Response(success=False, comment="seconds must be >= 0, got {!r}".format(seconds))
+            return pb.Response(success=False, comment=f"seconds must be >= 0, got {seconds!r}")
         # The callback fires when the RPC ends for any reason (cancelled, deadline, client gone), so a
         # long Sleep does not hold a worker thread after nobody waits for it any more.
         ended = threading.Event()
@@ -63,7 +63,7 @@ class SysinfoAgentServicer(pb_grpc.SysinfoAgentServicer):
             return pb.Response(success=False, comment="call already ended")
         if ended.wait(seconds):
             return pb.Response(success=False, comment="call ended before the sleep did")
-        return pb.Response(success=True, comment="slept {:g} s".format(seconds))
+        return pb.Response(success=True, comment=f"slept {seconds:g} s")
 
     def Fail(self, request, context):
         """Raise RuntimeError(message) in the servicer, so the caller sees a remote traceback."""
@@ -75,12 +75,8 @@ class SysinfoAgentServicer(pb_grpc.SysinfoAgentServicer):
         n, size = request.n, request.size
         log.debug("Invoking: Count(n=%d, size=%d)", n, size)
         if n < 0 or size < 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "n and size must be >= 0, got {} and {}".format(n, size))
-        block = self._block
-        if size <= len(block):
-            data = block[:size]
-        else:
-            data = (block * (size // len(block) + 1))[:size]
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"n and size must be >= 0, got {n} and {size}")
+        data = (self._block * (size // _BLOCK_SIZE + 1))[:size]
         for index in range(n):
             if not context.is_active():
                 return

@@ -325,6 +325,12 @@ def test_servicer_template_unpacks_request_fields(kitchen: Path) -> None:
     )
 
 
+def test_host_side_code_parses_as_python_3_8(kitchen: Path) -> None:
+    # Servicers run on the hosts' own python3, which may be as old as 3.8.
+    for path in (kitchen / "kitchen_servicer.py", ROOT / "agents" / "sysinfo_servicer.py"):
+        ast.parse(path.read_text(), filename=str(path), feature_version=(3, 8))
+
+
 # --- CLI: --force, messages, errors -----------------------------------------------------------------
 
 
