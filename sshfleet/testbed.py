@@ -496,11 +496,23 @@ class Testbed:
 
     # ----------------------------------------------------------------- faults
     def link_down(self, ref: HostRef) -> None:
-        """Cut the host off: its bridge port goes down, packets are dropped silently (no RST, no ICMP)."""
-        system.command(["ip", "link", "set", self.host(ref).veth, "down"])
+        """Cut the host off like a pulled cable far away: packets vanish, connects and sessions time out.
+
+        The bridge port goes down, and a permanent neighbour entry keeps the controller sending into the void
+        instead of failing ARP after ~3 s with "No route to host" (which is a different fault).
+        """
+        host = self.host(ref)
+        links = json.loads(system.command(["ip", "-n", host.netns, "-j", "link", "show", "eth0"]).stdout)
+        mac = links[0]["address"]
+        system.command(
+            ["ip", "neigh", "replace", host.address, "lladdr", mac, "dev", self.bridge, "nud", "permanent"]
+        )
+        system.command(["ip", "link", "set", host.veth, "down"])
 
     def link_up(self, ref: HostRef) -> None:
-        system.command(["ip", "link", "set", self.host(ref).veth, "up"])
+        host = self.host(ref)
+        system.command(["ip", "link", "set", host.veth, "up"])
+        system.command(["ip", "neigh", "del", host.address, "dev", self.bridge], check=False)
 
     def limit_rate(
         self, ref: HostRef, rate: str = "1mbit", burst: str = "16kb", latency: str = "500ms"

@@ -39,7 +39,8 @@ def openssh_run(
     extra: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     """``ssh -F <testbed ssh_config> [-l user] host command``, the real client; never prompts or hangs."""
-    argv = ["ssh", "-F", str(bed.ssh_config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", *extra]
+    # ssh keeps the first value it sees for an option, so ``extra`` goes before the defaults.
+    argv = ["ssh", "-F", str(bed.ssh_config), *extra, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
     if user is not None:
         argv += ["-l", user]
     argv += [str(host), command]
