@@ -31,7 +31,6 @@ log = logging.getLogger("sshfleet.ssh")
 # Whatever else paramiko supports stays at the end, so old servers still connect.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 PREFERRED_MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256")
-PREFERRED_KEX = ("curve25519-sha256@libssh.org", "mlkem768x25519-sha256")
 WINDOW_SIZE = 4 * 1024 * 1024
 MAX_PACKET_SIZE = 32 * 1024
 PARAMIKO_LOG = "sshfleet.ssh.paramiko"
@@ -317,7 +316,6 @@ def _handshake(host: ResolvedHost, sock: Union[socket.socket, paramiko.Channel])
         security = transport.get_security_options()
         security.ciphers = _ordered(PREFERRED_CIPHERS, tuple(security.ciphers))
         security.digests = _ordered(PREFERRED_MACS, tuple(security.digests))
-        security.kex = _ordered(PREFERRED_KEX, tuple(security.kex))
         security.key_types = _known_hosts.preferred_algorithms(known, tuple(security.key_types))
         transport.banner_timeout = host.auth_timeout
         transport.handshake_timeout = host.auth_timeout
