@@ -121,8 +121,15 @@ def _type_name(field: FieldDescriptor) -> str:
     return _TYPE_NAMES.get(field.type, "group")
 
 
+def _short(value: object) -> str:
+    # Huge ints: repr() is unreadable, and past 4300 digits Python refuses to convert them at all.
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)
+
+
 def _describe(value: object) -> str:
-    text = repr(value)
+    text = _short(value)
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{type(value).__name__} {text}"
@@ -243,13 +250,18 @@ def _scalar(field: FieldDescriptor, value: object, where: str, path: str) -> obj
         low, high = _INT_RANGES[kind]
         if not low <= value <= high:
             raise UsageError(
-                f"{where} field '{path}' is {_type_name(field)}: {value} is out of range [{low}, {high}]"
+                f"{where} field '{path}' is {_type_name(field)}: {_short(value)} "
+                f"is out of range [{low}, {high}]"
             )
         return value
     if kind in (_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong()
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            message = f"{where} field '{path}' is {_type_name(field)}: {_short(value)} is out of range"
+            raise UsageError(message) from None
         if kind == _FD.TYPE_FLOAT and math.isfinite(number) and abs(number) > _FLOAT32_MAX:
             raise UsageError(f"{where} field '{path}' is float: {value} is out of range for 32 bits")
         return number
@@ -294,5 +306,7 @@ def _enum_value(field: FieldDescriptor, value: object, where: str, path: str) ->
             f"values: {', '.join(f'{v.name}={v.number}' for v in enum.values)}"
         )
     if not -(2**31) <= value <= 2**31 - 1:
-        raise UsageError(f"{where} field '{path}' is enum {enum.full_name}: {value} is out of int32 range")
+        raise UsageError(
+            f"{where} field '{path}' is enum {enum.full_name}: {_short(value)} is out of int32 range"
+        )
     return value

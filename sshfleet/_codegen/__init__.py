@@ -114,10 +114,8 @@ def _write_if_changed(path: Path, text: str) -> GeneratedFile:
     try:
         if path.read_text(encoding="utf-8") == text:
             return GeneratedFile(path, "unchanged")
-    except FileNotFoundError:
-        pass
     except (OSError, UnicodeDecodeError):
-        pass  # unreadable: overwrite it
+        pass  # missing or unreadable: write it
     _write_atomically(path, text)
     return GeneratedFile(path, "wrote")
 

@@ -19,7 +19,7 @@ from google.protobuf import descriptor_pb2
 
 from sshfleet.errors import ProtoError
 
-__all__ = ["CompiledProto", "compile_proto", "generator_version"]
+__all__ = ["CompiledProto", "compile_proto", "generator_version", "header", "patched_pb2_grpc"]
 
 PathLike = Union[str, Path]
 

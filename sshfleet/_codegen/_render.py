@@ -31,7 +31,7 @@ def _docstring(text: str, indent: str) -> list[str]:
     return [*body, f'{indent}"""']
 
 
-def _call(head: str, items: Sequence[str], tail: str, indent: str) -> list[str]:
+def _wrapped(head: str, items: Sequence[str], tail: str, indent: str) -> list[str]:
     """``head(items...)tail`` on one line if it fits, else exploded one item per line."""
     one_line = f"{indent}{head}({', '.join(items)}){tail}"
     if len(one_line) <= _LINE_LENGTH or not items:
@@ -56,7 +56,7 @@ def _client_method(method: MethodInfo) -> list[str]:
     params.append(f"{timeout}: Optional[float] = None")
     streaming = method.client_streaming or method.server_streaming
     returns = "Iterator[tuple[str, Any]]" if streaming else "Responses"
-    lines = _call(f"def {method.name}", params, f" -> {returns}:", "    ")
+    lines = _wrapped(f"def {method.name}", params, f" -> {returns}:", "    ")
 
     doc = [*(method.doc or f"Call {method.name} on every host.").splitlines(), "", "Args:"]
     if streaming_request:
@@ -73,7 +73,7 @@ def _client_method(method: MethodInfo) -> list[str]:
 
     if streaming_request:
         items = [f'"{method.name}"', "requests", f"timeout={timeout}"]
-        return lines + _call("return self._call_stream", items, "", "        ")
+        return lines + _wrapped("return self._call_stream", items, "", "        ")
     entries = [f'"{f.name}": {f.param}' for f in request.fields]
     call = "_call_stream" if method.server_streaming else "_call"
     fields_dict = "{" + ", ".join(entries) + "}"

@@ -147,6 +147,8 @@ def test_unknown_nested_field_names_its_path(pb2: Any) -> None:
         ({"u64": 2**64}, r"field 'u64' is uint64: .* out of range"),
         ({"i64": -(2**63) - 1}, r"field 'i64' is int64: .* out of range"),
         ({"f": 1e39}, r"field 'f' is float: .* out of range for 32 bits"),
+        ({"d": 10**400}, r"field 'd' is double: an integer of 1329 bits is out of range"),
+        ({"i64": 10**5000}, r"field 'i64' is int64: an integer of 16610 bits is out of range"),
         ({"tags": "abc"}, r"field 'tags' is repeated string: expects a list or tuple, got str"),
         ({"tags": ["a", 1]}, r"field 'tags\[1\]' expects string, got int 1"),
         ({"items": [{"weight": "x"}]}, r"field 'items\[0\].weight' expects int32, got str"),
