@@ -31,7 +31,7 @@ from sshfleet import _payload, _session
 from sshfleet._bootstrap import ServicerProcess, start_servicer
 from sshfleet._hub import Hub, Tunnel
 from sshfleet._messages import build_request
-from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, Timeouts, parse_host_string
+from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, Timeouts
 from sshfleet._responses import Outcome, Responses
 from sshfleet.errors import (
     CallError,
@@ -75,22 +75,17 @@ class _HostAgent:
 
 
 def _to_specs(hosts: HostsArg) -> list[HostSpec]:
-    if isinstance(hosts, (str, HostSpec)):
-        hosts = [hosts]
-    specs = []
-    for item in hosts:
-        if isinstance(item, HostSpec):
-            specs.append(item)
-        elif isinstance(item, str):
-            specs.append(parse_host_string(item))
-        else:
+    """Host strings (``user@host:port``, ranges like ``node[01:08]``) or HostSpecs, deduplicated by name."""
+    from sshfleet.inventory import load_hosts
+
+    items = [hosts] if isinstance(hosts, (str, HostSpec)) else list(hosts)
+    for item in items:
+        if not isinstance(item, (str, HostSpec)):
             raise UsageError(f"hosts must be host strings ('user@host:port') or HostSpec objects, not {item!r}")
-    seen: dict[str, HostSpec] = {}
-    for spec in specs:
-        seen.setdefault(spec.name, spec)
-    if not seen:
+    specs = load_hosts(items)
+    if not specs:
         raise UsageError("no hosts given")
-    return list(seen.values())
+    return specs
 
 
 class Agent:
