@@ -53,8 +53,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Agent",
     "AgentException",
-    "Responses",
-    "load_agent",
     "AuthenticationError",
     "BootstrapError",
     "CallError",
@@ -65,10 +63,12 @@ __all__ = [
     "HostKeyError",
     "HostSpec",
     "InventoryError",
+    "Responses",
     "SshFleetError",
     "SshOptions",
     "Timeouts",
     "UsageError",
     "__version__",
     "errors",
+    "load_agent",
 ]

@@ -287,7 +287,9 @@ class Agent:
                 (True, True): state.channel.stream_stream,
             }[(method.client_streaming, method.server_streaming)]
             mc = state.methods[method.name] = kind(
-                path, request_serializer=request_cls.SerializeToString, response_deserializer=reply_cls.FromString
+                path,
+                request_serializer=request_cls.SerializeToString,
+                response_deserializer=reply_cls.FromString,
             )
         return mc
 
@@ -332,7 +334,11 @@ class Agent:
         return cls(state.host, method, code.name if code else "UNKNOWN", exc.details() or "", tb)
 
     def call_stream(
-        self, name: str, request: Union[Mapping[str, object], Iterable[Any], None] = None, *, timeout: Optional[float] = None
+        self,
+        name: str,
+        request: Union[Mapping[str, object], Iterable[Any], None] = None,
+        *,
+        timeout: Optional[float] = None,
     ) -> Iterator[tuple[str, Outcome]]:
         """Call a streaming RPC on every host; yields ``(host, reply)`` as replies arrive, from all hosts.
 
@@ -342,7 +348,11 @@ class Agent:
         return self._call_stream(name, request, timeout=timeout)
 
     def _call_stream(
-        self, name: str, request: Union[Mapping[str, object], Iterable[Any], None], *, timeout: Optional[float] = None
+        self,
+        name: str,
+        request: Union[Mapping[str, object], Iterable[Any], None],
+        *,
+        timeout: Optional[float] = None,
     ) -> Iterator[tuple[str, Outcome]]:
         self._check_open()
         method = self._method(name)
@@ -355,6 +365,8 @@ class Agent:
             single = None
         else:
             requests = None
+            if request is not None and not isinstance(request, Mapping):
+                raise UsageError(f"{name} takes one request: pass its fields as a dict")
             single = self._request(method, request or {})
         return _StreamCall(self, method, single, requests, deadline)
 
@@ -450,10 +462,19 @@ class _StreamCall(Iterator[tuple[str, Outcome]]):
         states = list(agent._hosts.values())
         self.pending = len(states)
         self.request_cls = agent._pb2_message(method.input_type)
-        self.future = asyncio.run_coroutine_threadsafe(self._run(method, request, requests, deadline, states), agent._hub.loop)
+        self.future = asyncio.run_coroutine_threadsafe(
+            self._run(method, request, requests, deadline, states), agent._hub.loop
+        )
         self.deadline = time.monotonic() + deadline + 30
 
-    async def _run(self, method: Any, request: Any, requests: Optional[Iterable[Any]], deadline: float, states: list[_HostAgent]) -> None:
+    async def _run(
+        self,
+        method: Any,
+        request: Any,
+        requests: Optional[Iterable[Any]],
+        deadline: float,
+        states: list[_HostAgent],
+    ) -> None:
         loop = asyncio.get_running_loop()
         feeds: list[asyncio.Queue[Any]] = []
         if requests is not None:
@@ -462,7 +483,11 @@ class _StreamCall(Iterator[tuple[str, Outcome]]):
             def read_requests() -> None:
                 try:
                     for item in requests:
-                        msg = item if hasattr(item, "DESCRIPTOR") else build_request(self.request_cls, item, method=method.name)
+                        msg = (
+                            item
+                            if hasattr(item, "DESCRIPTOR")
+                            else build_request(self.request_cls, item, method=method.name)
+                        )
                         for feed in feeds:
                             loop.call_soon_threadsafe(feed.put_nowait, msg)
                 finally:

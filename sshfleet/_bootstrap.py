@@ -165,9 +165,7 @@ def start_servicer(
                 _ship(conn, chan, payload, agent, stats, on_progress)
     except socket.timeout:
         chan.close()
-        raise BootstrapError(
-            host, f"the servicer did not start within {timeout:g}s", log_tail=reader.tail()
-        ) from None
+        raise BootstrapError(host, f"the servicer did not start within {timeout:g}s", log_tail=reader.tail()) from None
     except (OSError, EOFError) as exc:
         chan.close()
         raise ChannelError(host, f"the connection broke during bootstrap: {exc}") from exc

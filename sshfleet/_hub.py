@@ -180,7 +180,8 @@ class _Splice:
             self.loop.add_reader(self.chan_fd, self._from_chan)
 
     def _maybe_close(self) -> None:
-        if self.chan.closed or (self.chan.eof_received and self.chan.eof_sent):
+        chan: Any = self.chan  # paramiko's Channel; its EOF flags are not part of the seam's Protocol
+        if chan.closed or (chan.eof_received and chan.eof_sent):
             self.close()
 
     def close(self) -> None:

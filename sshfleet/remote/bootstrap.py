@@ -57,7 +57,10 @@ def private_dir(path):
     if not stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
         fail("payload_failed", "%s is not a directory" % path)
     if st.st_uid != os.geteuid():
-        fail("payload_failed", "%s is owned by uid %d, not by us (uid %d): refusing it" % (path, st.st_uid, os.geteuid()))
+        fail(
+            "payload_failed",
+            "%s is owned by uid %d, not by us (uid %d): refusing it" % (path, st.st_uid, os.geteuid()),
+        )
     if st.st_mode & 0o077:
         fail("payload_failed", "%s has mode %o; sshfleet needs 0700: refusing it" % (path, st.st_mode & 0o777))
     return path
@@ -97,7 +100,10 @@ def install_bundle(cache, meta, stream):
     data = read_exact(stream, int(meta["size"]))
     digest = hashlib.sha256(data).hexdigest()
     if digest != meta["hash"]:
-        fail("payload_failed", "bundle %s arrived with hash %s, expected %s" % (meta["name"], digest, meta["hash"]))
+        fail(
+            "payload_failed",
+            "bundle %s arrived with hash %s, expected %s" % (meta["name"], digest, meta["hash"]),
+        )
     final = os.path.join(cache, meta["hash"])
     if is_complete(final):
         return
@@ -167,7 +173,11 @@ def main():
         import sshfleet_runtime
     except Exception:
         shutil.rmtree(session_dir, ignore_errors=True)
-        fail("bootstrap_failed", "cannot import the sshfleet runtime on the host", traceback=traceback.format_exc())
+        fail(
+            "bootstrap_failed",
+            "cannot import the sshfleet runtime on the host",
+            traceback=traceback.format_exc(),
+        )
     sshfleet_runtime.serve(config, facts, session_dir, stdin, emit)
 
 

@@ -25,7 +25,9 @@ log = logging.getLogger("sshfleet.remote")
 
 
 def _abort_unauthenticated(request, context):
-    context.abort(grpc.StatusCode.UNAUTHENTICATED, "sshfleet: this servicer only answers the controller that started it")
+    context.abort(
+        grpc.StatusCode.UNAUTHENTICATED, "sshfleet: this servicer only answers the controller that started it"
+    )
 
 
 def _code_of(context):
@@ -224,8 +226,17 @@ def serve(config, facts, session_dir, stdin, emit):
         session.stop()
         emit("ERROR", {"kind": "bootstrap_failed", "message": "the servicer failed to start", "traceback": tb})
         sys.exit(1)
-    log.info("serving %s on 127.0.0.1:%d (pid %d, python %s)", ", ".join(config["servicers"]), port, os.getpid(), facts["python"])
-    emit("READY", {"port": port, "pid": os.getpid(), "session_dir": session_dir, "log": log_path, "facts": facts})
+    log.info(
+        "serving %s on 127.0.0.1:%d (pid %d, python %s)",
+        ", ".join(config["servicers"]),
+        port,
+        os.getpid(),
+        facts["python"],
+    )
+    emit(
+        "READY",
+        {"port": port, "pid": os.getpid(), "session_dir": session_dir, "log": log_path, "facts": facts},
+    )
     threading.Thread(target=session.watch_controller, name="controller", daemon=True).start()
     threading.Thread(target=session.watch_liveness, name="liveness", daemon=True).start()
     session.stopping.wait()

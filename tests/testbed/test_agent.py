@@ -64,7 +64,9 @@ def test_bare_host_python_without_grpc(testbed):
     with SysinfoAgent(hosts, ssh_options=testbed.ssh_options(user="fleet")) as agent:
         replies = agent.Uname()
         assert replies.success(), replies.status()
-        system = testbed.run(testbed.hosts[0], ["/usr/bin/python3", "-c", "import platform; print(platform.python_version())"])
+        system = testbed.run(
+            testbed.hosts[0], ["/usr/bin/python3", "-c", "import platform; print(platform.python_version())"]
+        )
         assert {r.python_version for r in replies.values()} == {system.stdout.strip()}
 
 
@@ -157,9 +159,7 @@ def test_close_is_idempotent_and_calls_after_close_are_refused(testbed):
 
 def test_link_cut_mid_call_fails_that_host_by_the_deadline(fresh_testbed):
     bed = fresh_testbed(8)
-    agent = SysinfoAgent(
-        names(bed), ssh_options=bed.ssh_options(), timeouts=Timeouts(call=4, close=2), liveness=8
-    )
+    agent = SysinfoAgent(names(bed), ssh_options=bed.ssh_options(), timeouts=Timeouts(call=4, close=2), liveness=8)
     try:
         assert agent.started.success(), agent.started.status()
         victim = bed.hosts[3].name
@@ -255,17 +255,34 @@ def test_another_local_user_is_refused_by_the_servicer(testbed):
         try:
             facts = json.loads(
                 subprocess.check_output(
-                    ["/usr/bin/python3", "-c", "import json,platform,sys;print(json.dumps({'tag':'cp%d%d-%s'%("
-                     "sys.version_info[0],sys.version_info[1],platform.machine()),'machine':platform.machine(),"
-                     "'libc':'glibc','libc_version':platform.libc_ver()[1]}))"]
+                    [
+                        "/usr/bin/python3",
+                        "-c",
+                        "import json,platform,sys;print(json.dumps({'tag':'cp%d%d-%s'%("
+                        "sys.version_info[0],sys.version_info[1],platform.machine()),'machine':platform.machine(),"
+                        "'libc':'glibc','libc_version':platform.libc_ver()[1]}))",
+                    ]
                 )
             )
             with tarfile.open(fileobj=io.BytesIO(_payload.deps_bundle(facts).data), mode="r:gz") as tar:
                 tar.extractall(libs, filter="data")
             subprocess.run(["chmod", "-R", "a+rX", str(libs)], check=True)
             result = subprocess.run(
-                ["ip", "netns", "exec", host.netns, "runuser", "-u", "fleet", "--", "env", f"PYTHONPATH={libs}",
-                 "/usr/bin/python3", "-c", probe],
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    host.netns,
+                    "runuser",
+                    "-u",
+                    "fleet",
+                    "--",
+                    "env",
+                    f"PYTHONPATH={libs}",
+                    "/usr/bin/python3",
+                    "-c",
+                    probe,
+                ],
                 capture_output=True,
                 text=True,
                 timeout=60,

@@ -66,7 +66,10 @@ def test_host_errors_are_kept_next_to_successes():
 def test_to_dict_is_json_ready():
     r = Responses(
         "Sleep",
-        {"a": Response(success=True, comment="x"), "b": CallTimeout("b", "Sleep", "DEADLINE_EXCEEDED", "late")},
+        {
+            "a": Response(success=True, comment="x"),
+            "b": CallTimeout("b", "Sleep", "DEADLINE_EXCEEDED", "late"),
+        },
     )
     d = json.loads(json.dumps(r.to_dict()))
     assert d["a"] == {"ok": True, "reply": {"success": True, "comment": "x"}}
