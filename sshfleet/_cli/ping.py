@@ -1,0 +1,196 @@
+"""``sshfleet ping -i INVENTORY [PATTERN]``: can every host be reached and logged into?
+
+Connects (TCP, SSH handshake, host key, authentication) to every host in parallel and reports per host:
+ok with the time it took, or why not (unreachable / auth failed / host key rejected) and in which phase.
+Exit status 0 only when every host is ok, else EXIT_UNREACHABLE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from sshfleet._cli import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from sshfleet._options import SshOptions, Timeouts
+from sshfleet.errors import ConnectError, HostError, UsageError
+
+LABELS = {
+    "ok": "ok",
+    "unreachable": "unreachable",
+    "auth_failed": "auth failed",
+    "hostkey_rejected": "host key rejected",
+}
+STYLES = {"ok": "green", "unreachable": "red", "auth_failed": "magenta", "hostkey_rejected": "yellow"}
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "ping",
+        help="check that every host can be reached and logged into over SSH",
+        description=(
+            "Connect to every host of the inventory (or those matching PATTERN) in parallel and report, per "
+            "host, ok with the time the connect took, or why it failed: unreachable, auth failed, host key "
+            "rejected. Exit status 0 when all hosts are ok, 3 otherwise."
+        ),
+    )
+    parser.add_argument("-i", "--inventory", required=True, metavar="INVENTORY", help="inventory file")
+    parser.add_argument("pattern", nargs="?", default=None, metavar="PATTERN", help="group or host pattern")
+    parser.add_argument("--json", action="store_true", help="print one JSON object {host: result}")
+    parser.add_argument(
+        "-F", "--ssh-config", metavar="FILE", default=None, help="ssh_config file (default: ~/.ssh/config)"
+    )
+    parser.add_argument(
+        "--known-hosts", metavar="FILE", default=None, help="known_hosts file (default: as ssh_config says)"
+    )
+    parser.add_argument(
+        "--accept-new", action="store_true", help="trust and record keys of hosts not yet in known_hosts"
+    )
+    parser.add_argument("-u", "--user", metavar="USER", default=None, help="login user for every host")
+    parser.add_argument(
+        "--forks", type=_positive_int, default=64, metavar="N", help="connects in flight (default 64)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="deadline of each connect phase: TCP, then SSH handshake + auth (default 10 and 20)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+@dataclass
+class Result:
+    status: str
+    message: str
+    phase: Optional[str]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "message": self.message, "phase": self.phase, "seconds": self.seconds}
+
+
+def options_from_args(args: argparse.Namespace) -> SshOptions:
+    changes: dict[str, Any] = {"forks": args.forks, "user": args.user, "known_hosts": args.known_hosts}
+    if args.ssh_config is not None:
+        changes["ssh_config"] = args.ssh_config
+    if args.accept_new:
+        changes["host_key_policy"] = "accept-new"
+    if args.timeout is not None:
+        changes["timeouts"] = Timeouts(connect=args.timeout, auth=args.timeout)
+    return SshOptions().replace(**changes)
+
+
+def ping(args: argparse.Namespace) -> dict[str, Result]:
+    # Imported here so that `sshfleet --help` does not load paramiko.
+    from sshfleet._fleetconnect import connect_all
+    from sshfleet._ssh import SshConnection
+    from sshfleet.inventory import load_hosts
+
+    specs = load_hosts(args.inventory, args.pattern)
+    if not specs:
+        where = f" matching {args.pattern!r}" if args.pattern else ""
+        raise UsageError(f"no hosts{where} in {args.inventory}")
+    options = options_from_args(args)
+    seconds: dict[str, float] = {}
+
+    def record(name: str, outcome: object, took: float) -> None:
+        seconds[name] = took
+
+    outcomes = connect_all(specs, options, on_result=record)
+    results: dict[str, Result] = {}
+    connections = []
+    for name, outcome in outcomes.items():
+        took = round(seconds.get(name, 0.0), 3)
+        if isinstance(outcome, SshConnection):
+            connections.append(outcome)
+            message = f"{outcome.user}@{outcome.address}:{outcome.port} ({outcome.cipher})"
+            results[name] = Result("ok", message, None, took)
+        else:
+            phase = outcome.phase if isinstance(outcome, ConnectError) else None
+            results[name] = Result(_status(outcome), outcome.message, phase, took)
+    if connections:
+        with ThreadPoolExecutor(max_workers=min(len(connections), options.forks)) as closer:
+            list(closer.map(lambda c: c.close(), connections))
+    return results
+
+
+def _status(error: HostError) -> str:
+    return error.kind if error.kind in LABELS else "unreachable"
+
+
+def summary(results: dict[str, Result], elapsed: float) -> str:
+    counts: dict[str, int] = {}
+    for result in results.values():
+        counts[result.status] = counts.get(result.status, 0) + 1
+    parts = [f"{counts[s]} {LABELS[s]}" for s in LABELS if counts.get(s)]
+    noun = "host" if len(results) == 1 else "hosts"
+    return f"{len(results)} {noun}: {', '.join(parts)} in {elapsed:.2f}s"
+
+
+def _detail(result: Result) -> str:
+    if result.status == "ok":
+        return f"{result.seconds:.3f}s  {result.message}"
+    return f"{result.phase}: {result.message}" if result.phase else result.message
+
+
+def print_plain(results: dict[str, Result], elapsed: float) -> None:
+    width = max(len(name) for name in results)
+    label_width = max(len(LABELS[r.status]) for r in results.values())
+    for name, result in results.items():
+        print(f"{name:<{width}}  {LABELS[result.status]:<{label_width}}  {_detail(result)}")
+    print(summary(results, elapsed))
+
+
+def print_rich(results: dict[str, Result], elapsed: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    table.add_column("host")
+    table.add_column("status")
+    table.add_column("detail", overflow="fold")
+    for name, result in results.items():
+        style = STYLES[result.status]
+        table.add_row(name, Text(LABELS[result.status], style=style), Text(_detail(result)))
+    console = Console()
+    console.print(table)
+    bad = any(r.status != "ok" for r in results.values())
+    console.print(Text(summary(results, elapsed), style="bold red" if bad else "bold green"))
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    try:
+        results = ping(args)
+    except UsageError as exc:
+        print(f"sshfleet ping: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    elapsed = time.monotonic() - started
+    if args.json:
+        print(json.dumps({name: r.to_dict() for name, r in results.items()}, indent=2))
+    elif sys.stdout.isatty():
+        print_rich(results, elapsed)
+    else:
+        print_plain(results, elapsed)
+    return EXIT_OK if all(r.status == "ok" for r in results.values()) else EXIT_UNREACHABLE
