@@ -93,12 +93,11 @@ def _clean_comment(text: str) -> str:
 
 
 class _Index:
-    """Every message and enum of the proto and its imports, by full name, plus comments by location."""
+    """Every message of the proto and its imports, by full name, plus the proto's comments by location."""
 
     def __init__(self, compiled: CompiledProto) -> None:
         self.compiled = compiled
         self.messages: dict[str, tuple[descriptor_pb2.DescriptorProto, str, str, tuple[int, ...]]] = {}
-        self.enums: set[str] = set()
         self.foreign_modules: dict[str, str] = {}
         main = compiled.file
         for file in compiled.files.file:
@@ -107,8 +106,6 @@ class _Index:
             prefix = f".{file.package}" if file.package else ""
             for index, message in enumerate(file.message_type):
                 self._add_message(message, prefix, "", module, (_FILE_MESSAGE, index) if local else ())
-            for enum in file.enum_type:
-                self.enums.add(f"{prefix}.{enum.name}")
         self.comments: dict[tuple[int, ...], str] = {}
         for location in main.source_code_info.location:
             text = location.leading_comments or location.trailing_comments
@@ -136,8 +133,6 @@ class _Index:
         for index, nested in enumerate(message.nested_type):
             nested_location = (*location, _MESSAGE_NESTED, index) if location else ()
             self._add_message(nested, full, py_path + ".", module, nested_location)
-        for enum in message.enum_type:
-            self.enums.add(f"{full}.{enum.name}")
 
     def message_ref(self, type_name: str) -> str:
         _, module, py_path, _ = self.messages[type_name]
