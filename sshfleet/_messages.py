@@ -106,11 +106,7 @@ def _enum_type(field: FieldDescriptor) -> EnumDescriptor:
 
 
 def _is_map(field: FieldDescriptor) -> bool:
-    return (
-        field.type == _FD.TYPE_MESSAGE
-        and _is_repeated(field)
-        and bool(_message_type(field).GetOptions().map_entry)
-    )
+    return field.type == _FD.TYPE_MESSAGE and _is_repeated(field) and bool(_message_type(field).GetOptions().map_entry)
 
 
 def _type_name(field: FieldDescriptor) -> str:
@@ -154,8 +150,7 @@ def _fill(message: Message, fields: Mapping[str, object], where: str, prefix: st
             other = oneofs_seen.get(oneof.name)
             if other is not None:
                 raise UsageError(
-                    f"{where} fields '{prefix}{other}' and '{path}' are both in oneof '{oneof.name}'; "
-                    "set at most one"
+                    f"{where} fields '{prefix}{other}' and '{path}' are both in oneof '{oneof.name}'; set at most one"
                 )
             oneofs_seen[oneof.name] = name
         if _is_map(field):
@@ -200,8 +195,7 @@ def _fill_submessage(target: Message, field: FieldDescriptor, value: object, whe
 def _as_sequence(value: object, where: str, path: str, field: FieldDescriptor) -> Sequence[object]:
     if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Sequence):
         raise UsageError(
-            f"{where} field '{path}' is repeated {_type_name(field)}: expects a list or tuple, "
-            f"got {_describe(value)}"
+            f"{where} field '{path}' is repeated {_type_name(field)}: expects a list or tuple, got {_describe(value)}"
         )
     return value
 
@@ -250,8 +244,7 @@ def _scalar(field: FieldDescriptor, value: object, where: str, path: str) -> obj
         low, high = _INT_RANGES[kind]
         if not low <= value <= high:
             raise UsageError(
-                f"{where} field '{path}' is {_type_name(field)}: {_short(value)} "
-                f"is out of range [{low}, {high}]"
+                f"{where} field '{path}' is {_type_name(field)}: {_short(value)} is out of range [{low}, {high}]"
             )
         return value
     if kind in (_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT):
@@ -306,7 +299,5 @@ def _enum_value(field: FieldDescriptor, value: object, where: str, path: str) ->
             f"values: {', '.join(f'{v.name}={v.number}' for v in enum.values)}"
         )
     if not -(2**31) <= value <= 2**31 - 1:
-        raise UsageError(
-            f"{where} field '{path}' is enum {enum.full_name}: {_short(value)} is out of int32 range"
-        )
+        raise UsageError(f"{where} field '{path}' is enum {enum.full_name}: {_short(value)} is out of int32 range")
     return value

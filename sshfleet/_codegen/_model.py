@@ -145,8 +145,7 @@ class _Index:
         if module != "_pb2":
             self.used_foreign[module] = self.foreign_modules[module]
         fields = tuple(
-            self._field_info(f, (*location, _MESSAGE_FIELD, i) if location else ())
-            for i, f in enumerate(message.field)
+            self._field_info(f, (*location, _MESSAGE_FIELD, i) if location else ()) for i, f in enumerate(message.field)
         )
         by_name = {f.name: f for f in message.field}
         success, comment = by_name.get("success"), by_name.get("comment")

@@ -105,9 +105,7 @@ def test_sysinfo_generated_files_are_up_to_date() -> None:
     hint = "agents/ is stale: run `sshfleet generate proto/sysinfo.proto -o agents`"
     assert (agents / "sysinfo.py").read_text() == generated.modules["sysinfo.py"], hint
     committed_pb2 = (agents / "sysinfo_pb2.py").read_text()
-    assert _serialized_descriptor(committed_pb2) == _serialized_descriptor(
-        generated.modules["sysinfo_pb2.py"]
-    ), hint
+    assert _serialized_descriptor(committed_pb2) == _serialized_descriptor(generated.modules["sysinfo_pb2.py"]), hint
     if generator_version() in committed_pb2.splitlines()[0]:
         for name in ("sysinfo_pb2.py", "sysinfo_pb2.pyi", "sysinfo_pb2_grpc.py"):
             assert (agents / name).read_text() == generated.modules[name], f"{name}: {hint}"
@@ -319,10 +317,7 @@ def test_servicer_template_unpacks_request_fields(kitchen: Path) -> None:
     assert '        from_ = getattr(request, "from")\n' in text
     assert "        for request in request_iterator:\n            d = request.d\n" in text
     assert "log = logging.getLogger(__name__)" in text
-    assert (
-        "def AddServicer(server):\n    pb_grpc.add_KitchenServicer_to_server(KitchenServicer(), server)"
-        in text
-    )
+    assert "def AddServicer(server):\n    pb_grpc.add_KitchenServicer_to_server(KitchenServicer(), server)" in text
 
 
 def test_host_side_code_parses_as_python_3_8(kitchen: Path) -> None:
@@ -334,9 +329,7 @@ def test_host_side_code_parses_as_python_3_8(kitchen: Path) -> None:
 # --- CLI: --force, messages, errors -----------------------------------------------------------------
 
 
-def test_cli_keeps_an_existing_servicer_unless_forced(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_keeps_an_existing_servicer_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     assert main(["generate", str(KITCHEN), "-o", str(out)]) == EXIT_OK
     servicer = out / "kitchen_servicer.py"

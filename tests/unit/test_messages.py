@@ -119,15 +119,11 @@ def test_int_accepted_for_double(pb2: Any) -> None:
 def test_unknown_field_names_method_fields_and_suggestion(pb2: Any) -> None:
     with pytest.raises(UsageError) as info:
         build_request(pb2.TimedArgs, {"timout": 1}, method="Timed")
-    assert (
-        str(info.value) == "Timed() got an unknown field 'timout'; fields: timeout (did you mean 'timeout'?)"
-    )
+    assert str(info.value) == "Timed() got an unknown field 'timout'; fields: timeout (did you mean 'timeout'?)"
 
 
 def test_unknown_nested_field_names_its_path(pb2: Any) -> None:
-    with pytest.raises(
-        UsageError, match=r"Cook\(\) got an unknown field 'lable' in 'inner'.*did you mean 'label'"
-    ):
+    with pytest.raises(UsageError, match=r"Cook\(\) got an unknown field 'lable' in 'inner'.*did you mean 'label'"):
         order(pb2, inner={"lable": "x"})
 
 
@@ -196,9 +192,7 @@ def test_message_to_dict_shows_defaults_with_proto_names(pb2: Any) -> None:
 COLORS = ("COLOR_UNSPECIFIED", "RED", "GREEN")
 int32s = st.integers(-(2**31), 2**31 - 1)
 enum_values = st.one_of(st.sampled_from(COLORS), st.integers(0, 2))
-inner_dicts = st.fixed_dictionaries(
-    {}, optional={"label": st.text(max_size=5), "weight": int32s, "color": enum_values}
-)
+inner_dicts = st.fixed_dictionaries({}, optional={"label": st.text(max_size=5), "weight": int32s, "color": enum_values})
 order_dicts = st.fixed_dictionaries(
     {},
     optional={
