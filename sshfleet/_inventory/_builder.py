@@ -110,9 +110,7 @@ class Builder:
 
     def add_child(self, parent: str, child: str, line: int) -> None:
         if child == ALL:
-            raise self.error(
-                f"group {ALL!r} cannot be a child of {parent!r}: it already contains every group", line
-            )
+            raise self.error(f"group {ALL!r} cannot be a child of {parent!r}: it already contains every group", line)
         path = self._path_between(child, parent)
         if path is not None:
             cycle = " -> ".join([parent, *path])
@@ -150,9 +148,7 @@ class Builder:
                         f"[{parent.name}:children] names group {group.name!r}, which is defined nowhere",
                         parent.child_lines[group.name],
                     )
-            raise self.error(
-                f"[{group.name}:vars] is for group {group.name!r}, which is defined nowhere", group.line
-            )
+            raise self.error(f"[{group.name}:vars] is for group {group.name!r}, which is defined nowhere", group.line)
 
     def add_hosts(self, group: str, pattern: str, line: int, host_vars: dict[str, str]) -> list[str]:
         """Add the hosts ``pattern`` expands to (``[user@]name[range][:port]``) to ``group``, with their vars.
@@ -198,9 +194,7 @@ class Builder:
         self.check_declared()
         order = {name: i for i, name in enumerate(self.hosts)}
         all_group, ungrouped = self.groups[ALL], self.groups[UNGROUPED]
-        ungrouped.hosts = [
-            h.name for h in self.hosts.values() if all(g in (ALL, UNGROUPED) for g in h.groups)
-        ]
+        ungrouped.hosts = [h.name for h in self.hosts.values() if all(g in (ALL, UNGROUPED) for g in h.groups)]
         parents: dict[str, set[str]] = {name: set() for name in self.groups}
         for group in self.groups.values():
             for child in group.children:

@@ -129,9 +129,7 @@ class Inventory:
         listed: set[str] = set()
         for index, item in enumerate(hosts, start=1):
             if isinstance(item, HostSpec):
-                first = spec_at.get(item.name) or (
-                    builder.hosts[item.name].line if item.name in builder.hosts else 0
-                )
+                first = spec_at.get(item.name) or (builder.hosts[item.name].line if item.name in builder.hosts else 0)
                 if first:
                     raise InventoryError(
                         f"host {item.name!r} is given twice (first at {source}:{first})", source, index
@@ -148,9 +146,7 @@ class Inventory:
                         listed.add(name)
                         order.append(name)
             else:
-                raise InventoryError(
-                    f"a host must be a string or a HostSpec, got {type(item).__name__}", source, index
-                )
+                raise InventoryError(f"a host must be a string or a HostSpec, got {type(item).__name__}", source, index)
         specs, _ = builder.build()
         ordered = [item if isinstance(item, HostSpec) else specs[item] for item in order]
         return cls(ordered, None, source)

@@ -67,9 +67,7 @@ def _host_line(line: str, group: str, builder: Builder, lineno: int) -> None:
     host_vars: dict[str, str] = {}
     for token in tokens[1:]:
         if "=" not in token:
-            raise builder.error(
-                f"expected key=value host variable after the host name, got {token!r}", lineno
-            )
+            raise builder.error(f"expected key=value host variable after the host name, got {token!r}", lineno)
         key, value = token.split("=", 1)
         if not _VAR_NAME_RE.match(key):
             raise builder.error(f"bad variable name {key!r} (letters, digits and _ only)", lineno)
@@ -100,8 +98,7 @@ def parse_ini(text: str, builder: Builder) -> None:
                 continue
             if _TRAILING_COMMENT_RE.sub("", line).endswith("]") and "[" not in line[1:]:
                 raise builder.error(
-                    f"bad section header {line!r}: expected [group], [group:children] or [group:vars] "
-                    "with no spaces",
+                    f"bad section header {line!r}: expected [group], [group:children] or [group:vars] with no spaces",
                     lineno,
                 )
         if kind == "hosts":

@@ -74,11 +74,10 @@ class Matcher:
                 piece = piece[1:-1]  # [::1] names the host ::1
             if any(ch in piece for ch in _GLOB_CHARS):
                 found |= self._match_glob(piece)
-            elif piece in self.groups or piece in self.hosts:
-                group = self.groups.get(piece)
-                found.update(group.hosts if group is not None else ())
-                if piece in self.hosts:
-                    found.add(piece)
+            elif piece in self.hosts:
+                found.add(piece)  # a host wins over a group of the same name, as in Ansible
+            elif piece in self.groups:
+                found.update(self.groups[piece].hosts)
             else:
                 unknown.append(piece)
         if unknown:

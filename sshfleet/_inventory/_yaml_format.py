@@ -50,7 +50,7 @@ class _Reader:
         except self.yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else 1
-            problem = exc.problem or exc.context or "invalid YAML"
+            problem = " ".join(part for part in (exc.context, exc.problem) if part)
             raise InventoryError(f"invalid YAML: {problem}", self.path, line) from exc
         except self.yaml.YAMLError as exc:
             raise InventoryError(f"invalid YAML: {exc}", self.path, 1) from exc
@@ -99,9 +99,7 @@ class _Reader:
         return found
 
 
-def _walk_group(
-    reader: _Reader, builder: Builder, name: str, node: Any, line: int, parent: Optional[str]
-) -> None:
+def _walk_group(reader: _Reader, builder: Builder, name: str, node: Any, line: int, parent: Optional[str]) -> None:
     builder.declare_group(name, line)
     if parent is not None:
         builder.add_child(parent, name, line)
@@ -136,9 +134,7 @@ def parse_yaml(text: str, builder: Builder) -> None:
     if root is None or reader.is_null(root):
         return
     if not isinstance(root, reader.yaml.MappingNode):
-        raise reader.error(
-            f"a YAML inventory must be a mapping of groups (like '{ALL}:'), got {_kind(root)}", root
-        )
+        raise reader.error(f"a YAML inventory must be a mapping of groups (like '{ALL}:'), got {_kind(root)}", root)
     for key_node, value_node in reader.mapping(root, "the inventory"):
         group = reader.name(key_node, "a group name")
         _walk_group(reader, builder, group, value_node, _line(key_node), None)
