@@ -426,6 +426,7 @@ class Agent:
         deadline = time.monotonic() + self.timeouts.close
         states = list(self._hosts.values())
         for state in states:  # tell every servicer at once, then wait for them together
+            _lifelines.forget(state)  # their channels closing now is expected, not a failure
             if state.process is not None:
                 with contextlib.suppress(Exception):
                     state.process.channel.settimeout(1.0)

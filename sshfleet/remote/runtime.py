@@ -37,7 +37,9 @@ def _code_of(context):
 
 def _report(context, exc):
     """Turn a servicer exception into UNKNOWN with the remote traceback in trailing metadata."""
-    tb = traceback.format_exc()
+    # Drop our own wrapper frame: the user wants to see where *their* servicer raised.
+    etype, value, tb_obj = sys.exc_info()
+    tb = "".join(traceback.format_exception(etype, value, tb_obj.tb_next if tb_obj else None))
     log.error("servicer raised:\n%s", tb)
     context.set_trailing_metadata(((TRACEBACK_KEY, tb.encode("utf-8", "replace")),))
     context.abort(grpc.StatusCode.UNKNOWN, "%s: %s" % (type(exc).__name__, exc))
