@@ -24,9 +24,7 @@ Outcome = Union[SshConnection, HostError]
 OnResult = Callable[[str, Outcome, float], None]
 
 
-def _connect_one(
-    spec: HostSpec, options: SshOptions, pool: JumpPool, on_result: Optional[OnResult]
-) -> Outcome:
+def _connect_one(spec: HostSpec, options: SshOptions, pool: JumpPool, on_result: Optional[OnResult]) -> Outcome:
     started = time.monotonic()
     outcome: Outcome
     try:

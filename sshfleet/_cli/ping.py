@@ -51,9 +51,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--accept-new", action="store_true", help="trust and record keys of hosts not yet in known_hosts"
     )
     parser.add_argument("-u", "--user", metavar="USER", default=None, help="login user for every host")
-    parser.add_argument(
-        "--forks", type=_positive_int, default=64, metavar="N", help="connects in flight (default 64)"
-    )
+    parser.add_argument("--forks", type=_positive_int, default=64, metavar="N", help="connects in flight (default 64)")
     parser.add_argument(
         "--timeout",
         type=_positive_float,

@@ -134,9 +134,7 @@ def authenticate(
                     ) from exc
                 continue
             except (paramiko.SSHException, OSError, EOFError) as exc:
-                raise ConnectError(
-                    host.name, f"connection lost during authentication: {exc}", "auth"
-                ) from exc
+                raise ConnectError(host.name, f"connection lost during authentication: {exc}", "auth") from exc
             if further:
                 raise AuthenticationError(
                     host.name,

@@ -63,9 +63,7 @@ class Channel(Protocol):
     def settimeout(self, timeout: Optional[float], /) -> None: ...
     def fileno(self) -> int: ...
     def close(self) -> None: ...
-    def resize_pty(
-        self, width: int = 80, height: int = 24, width_pixels: int = 0, height_pixels: int = 0
-    ) -> None: ...
+    def resize_pty(self, width: int = 80, height: int = 24, width_pixels: int = 0, height_pixels: int = 0) -> None: ...
 
 
 class _HostLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -174,9 +172,7 @@ class SshConnection:
         except paramiko.ChannelException as exc:
             raise ChannelError(self.host, f"forward to {dest_host}:{dest_port} refused: {exc.text}") from exc
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise ChannelError(
-                self.host, f"forward to {dest_host}:{dest_port} failed: {_describe(exc)}"
-            ) from exc
+            raise ChannelError(self.host, f"forward to {dest_host}:{dest_port} failed: {_describe(exc)}") from exc
         return channel
 
     def close(self) -> None:
@@ -247,9 +243,7 @@ def _getaddrinfo(host: ResolvedHost, deadline: float) -> list[Any]:
 
     threading.Thread(target=work, name=f"sshfleet-dns-{host.name}", daemon=True).start()
     if not done.wait(max(0.0, deadline - time.monotonic())):
-        raise ConnectTimeout(
-            host.name, f"looking up {host.hostname} took longer than {host.connect_timeout:g}s"
-        )
+        raise ConnectTimeout(host.name, f"looking up {host.hostname} took longer than {host.connect_timeout:g}s")
     if error:
         raise ConnectError(host.name, f"cannot resolve {host.hostname}: {_describe(error[0])}") from error[0]
     return result
@@ -308,9 +302,7 @@ def _handshake(host: ResolvedHost, sock: Union[socket.socket, paramiko.Channel])
     hlog = _host_log(host.name)
     deadline = time.monotonic() + host.auth_timeout
     known = _known_hosts.lookup(host.known_hosts_files, host.host_key_names)
-    transport = paramiko.Transport(
-        sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE
-    )
+    transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE)
     try:
         transport.set_log_channel(PARAMIKO_LOG)
         security = transport.get_security_options()
@@ -373,9 +365,7 @@ def _check_host_key(
             host.known_hosts_write, host.host_key_names, host.record_name, keytype, blob
         )
         if verdict.status == "ok":
-            hlog.warning(
-                "added %s key %s for %s to %s", keytype, offered_fp, host.record_name, host.known_hosts_write
-            )
+            hlog.warning("added %s key %s for %s to %s", keytype, offered_fp, host.record_name, host.known_hosts_write)
     if verdict.status == "ok":
         return
     names = " / ".join(host.host_key_names)

@@ -128,9 +128,7 @@ def test_no_key_at_all_is_auth_failed(testbed):
 
 def test_encrypted_key_without_agent_is_skipped_with_reason(testbed, tmp_path):
     path = tmp_path / "locked"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", str(path)], check=True, timeout=30
-    )
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", str(path)], check=True, timeout=30)
     spec, options = direct(testbed, identity_files=(str(path),))
     with pytest.raises(AuthenticationError, match="encrypted"):
         connect(spec, options)
@@ -382,3 +380,19 @@ def test_cut_link_connect_and_requests_end_within_their_bounds(fresh_testbed):
         conn.close()
         bed.link_up("node01")
         bed.link_up("node02")
+
+
+def test_keepalive_notices_a_dead_link(fresh_testbed):
+    """An idle connection whose peer vanished goes inactive after keepalive * ServerAliveCountMax."""
+    bed = fresh_testbed(1)
+    conn = connect(HostSpec("node01"), bed.ssh_options().replace(keepalive=1.0))
+    try:
+        assert conn.is_active()
+        bed.link_down("node01")
+        deadline = time.monotonic() + 3 + MARGIN
+        while conn.is_active() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not conn.is_active()
+    finally:
+        conn.close()
+        bed.link_up("node01")

@@ -105,9 +105,7 @@ def test_identities_only(home, tmp_path):
 
 
 def test_connect_timeout_and_keepalive_from_ssh_config_unless_explicit(home, tmp_path):
-    config = write_config(
-        tmp_path, "Host *\n  ConnectTimeout 3\n  ServerAliveInterval 7\n  ServerAliveCountMax 5\n"
-    )
+    config = write_config(tmp_path, "Host *\n  ConnectTimeout 3\n  ServerAliveInterval 7\n  ServerAliveCountMax 5\n")
     host = resolve(HostSpec("a"), opts(config))
     assert (host.connect_timeout, host.keepalive, host.keepalive_count_max) == (3.0, 7.0, 5)
     explicit = opts(config, timeouts=Timeouts(connect=4.5), keepalive=30.0)
@@ -185,9 +183,7 @@ def test_unusable_ssh_config_values(home, tmp_path):
 
 
 def test_host_key_names(home, tmp_path):
-    config = write_config(
-        tmp_path, "Host a\n  HostName 10.0.0.1\nHost b\n  HostKeyAlias shared\n  Port 2222\n"
-    )
+    config = write_config(tmp_path, "Host a\n  HostName 10.0.0.1\nHost b\n  HostKeyAlias shared\n  Port 2222\n")
     assert resolve(HostSpec("a"), opts(config)).host_key_names == ("10.0.0.1", "a")
     assert resolve(HostSpec("a", port=2222), opts(config)).host_key_names == ("[10.0.0.1]:2222", "[a]:2222")
     assert resolve(HostSpec("c"), opts(config)).host_key_names == ("c",)
