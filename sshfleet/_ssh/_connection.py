@@ -301,7 +301,11 @@ def _handshake(host: ResolvedHost, sock: Union[socket.socket, paramiko.Channel])
     """Banner, key exchange, host key check and authentication, all within ``host.auth_timeout``."""
     hlog = _host_log(host.name)
     deadline = time.monotonic() + host.auth_timeout
-    known = _known_hosts.lookup(host.known_hosts_files, host.host_key_names)
+    try:
+        known = _known_hosts.lookup(host.known_hosts_files, host.host_key_names)
+    except OSError as exc:
+        sock.close()
+        raise HostKeyError(host.name, f"cannot read known_hosts {exc.filename}: {_describe(exc)}") from exc
     transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE)
     try:
         transport.set_log_channel(PARAMIKO_LOG)
@@ -326,18 +330,18 @@ def _handshake(host: ResolvedHost, sock: Union[socket.socket, paramiko.Channel])
                 phase,
             )
         if not transport.is_active():
-            exc = transport.get_exception()
+            cause = transport.get_exception()
             phase = "kex" if transport.remote_version else "banner"
             if time.monotonic() >= deadline - 0.2:
                 raise ConnectTimeout(
                     host.name,
                     f"SSH {phase} with {host.hostname}:{host.port} ran past {host.auth_timeout:g}s",
                     phase,
-                ) from exc
-            reason = _describe(exc) if exc is not None else "connection closed"
+                ) from cause
+            reason = _describe(cause) if cause is not None else "connection closed"
             if phase == "banner":
                 reason = f"no SSH server answered at {host.hostname}:{host.port} ({reason})"
-            raise ConnectError(host.name, f"SSH negotiation failed: {reason}", phase) from exc
+            raise ConnectError(host.name, f"SSH negotiation failed: {reason}", phase) from cause
         _check_host_key(host, transport, known, hlog)
         if host.keepalive > 0:
             transport.set_keepalive(max(1, round(host.keepalive)))
@@ -361,9 +365,14 @@ def _check_host_key(
     offered_fp = _known_hosts.fingerprint(blob)
     verdict = _known_hosts.check(known, blob)
     if verdict.status == "unknown" and host.host_key_policy == "accept-new" and host.known_hosts_write:
-        verdict = _known_hosts.append_if_absent(
-            host.known_hosts_write, host.host_key_names, host.record_name, keytype, blob
-        )
+        try:
+            verdict = _known_hosts.append_if_absent(
+                host.known_hosts_write, host.host_key_names, host.record_name, keytype, blob
+            )
+        except OSError as exc:
+            raise HostKeyError(
+                host.name, f"cannot record the new host key in {host.known_hosts_write}: {_describe(exc)}"
+            ) from exc
         if verdict.status == "ok":
             hlog.warning("added %s key %s for %s to %s", keytype, offered_fp, host.record_name, host.known_hosts_write)
     if verdict.status == "ok":

@@ -161,6 +161,14 @@ def test_accept_new_records_the_key_then_strict_accepts_it(testbed, tmp_path):
     assert len(known.read_text().splitlines()) == 1  # nothing appended for a known host
 
 
+def test_accept_new_that_cannot_write_is_rejected(testbed, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    spec, options = direct(testbed, known_hosts=str(blocker / "known_hosts"), host_key_policy="accept-new")
+    with pytest.raises(HostKeyError, match="cannot record the new host key"):
+        connect(spec, options)
+
+
 def test_accept_new_many_hosts_at_once_writes_each_once(testbed, tmp_path):
     known = tmp_path / "known_hosts"
     options = testbed.ssh_options().replace(known_hosts=str(known), host_key_policy="accept-new")
