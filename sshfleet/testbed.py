@@ -92,9 +92,7 @@ class Testbed:
         state_dir: Union[str, os.PathLike[str], None] = None,
     ) -> None:
         if not (0 < len(name) <= MAX_NAME and name.isascii() and name.isalnum() and name[0].isalpha()):
-            raise UsageError(
-                f"testbed name must be 1-{MAX_NAME} letters/digits starting with a letter: {name!r}"
-            )
+            raise UsageError(f"testbed name must be 1-{MAX_NAME} letters/digits starting with a letter: {name!r}")
         if name != name.lower():
             raise UsageError(f"testbed name must be lower case: {name!r}")
         if not 0 <= n <= MAX_HOSTS:
@@ -102,9 +100,7 @@ class Testbed:
         self.name = name
         self.n = n
         self.shared_home = shared_home
-        self.state_dir = Path(
-            state_dir if state_dir is not None else f"/tmp/sshfleet-testbed-{name}"
-        ).absolute()
+        self.state_dir = Path(state_dir if state_dir is not None else f"/tmp/sshfleet-testbed-{name}").absolute()
         if any(c.isspace() for c in str(self.state_dir)):
             raise UsageError(f"testbed state directory must not contain whitespace: {self.state_dir}")
         self.subnet: Optional[int] = None
@@ -292,9 +288,7 @@ class Testbed:
 
     def _remove_network(self, timeout: float = 10.0) -> None:
         prefix = f"{self.name}-node"
-        namespaces = [
-            ns for ns in system.list_netns() if ns.startswith(prefix) and ns[len(prefix) :].isdigit()
-        ]
+        namespaces = [ns for ns in system.list_netns() if ns.startswith(prefix) and ns[len(prefix) :].isdigit()]
         inodes = {ino for ns in namespaces if (ino := system.netns_inode(ns)) is not None}
         survivors = system.kill_netns_processes(inodes, time.monotonic() + timeout)
         if survivors:
@@ -341,12 +335,12 @@ class Testbed:
             layout = self._host_layout(h)
             files.write_private(h.sshd_config, files.sshd_config_text(layout, self.authorized_keys))
         self._write_client_files()
+        layouts = [self._host_layout(h) for h in self._hosts]
+        files.write_private(self.state_dir / files.ETC_HOSTS, files.etc_hosts_text(layouts), mode=0o644)
 
     def _write_client_files(self) -> None:
         layouts = [self._host_layout(h) for h in self._hosts]
-        files.write_private(
-            self.ssh_config, files.ssh_config_text(layouts, self.client_key, self.known_hosts)
-        )
+        files.write_private(self.ssh_config, files.ssh_config_text(layouts, self.client_key, self.known_hosts))
         files.write_private(self.known_hosts, files.known_hosts_text(layouts))
         files.write_private(self.inventory, files.inventory_text(layouts, self.client_key, self.ssh_config))
         files.write_private(self.hosts_file, "".join(f"{h.name}\n" for h in self._hosts))
@@ -365,9 +359,7 @@ class Testbed:
         with ThreadPoolExecutor(max_workers=min(16, len(self._hosts))) as pool:
             list(
                 pool.map(
-                    lambda h: system.command(
-                        ["ip", "-n", h.netns, "-batch", "-"], input=inner.format(h.address)
-                    ),
+                    lambda h: system.command(["ip", "-n", h.netns, "-batch", "-"], input=inner.format(h.address)),
                     self._hosts,
                 )
             )
@@ -391,9 +383,7 @@ class Testbed:
             check=False,
         )
         if proc.returncode != 0:
-            raise TestbedError(
-                f"sshd of {host.name} did not start: {proc.stderr.strip()}{self._log_tail(host)}"
-            )
+            raise TestbedError(f"sshd of {host.name} did not start: {proc.stderr.strip()}{self._log_tail(host)}")
         while time.monotonic() < deadline:
             pid = self.sshd_pid(host)
             if pid is not None:
@@ -504,9 +494,7 @@ class Testbed:
         host = self.host(ref)
         links = json.loads(system.command(["ip", "-n", host.netns, "-j", "link", "show", "eth0"]).stdout)
         mac = links[0]["address"]
-        system.command(
-            ["ip", "neigh", "replace", host.address, "lladdr", mac, "dev", self.bridge, "nud", "permanent"]
-        )
+        system.command(["ip", "neigh", "replace", host.address, "lladdr", mac, "dev", self.bridge, "nud", "permanent"])
         system.command(["ip", "link", "set", host.veth, "down"])
 
     def link_up(self, ref: HostRef) -> None:
@@ -514,9 +502,7 @@ class Testbed:
         system.command(["ip", "link", "set", host.veth, "up"])
         system.command(["ip", "neigh", "del", host.address, "dev", self.bridge], check=False)
 
-    def limit_rate(
-        self, ref: HostRef, rate: str = "1mbit", burst: str = "16kb", latency: str = "500ms"
-    ) -> None:
+    def limit_rate(self, ref: HostRef, rate: str = "1mbit", burst: str = "16kb", latency: str = "500ms") -> None:
         """Shape both directions of the host's link with a token bucket (``tc ... tbf``)."""
         host = self.host(ref)
         tbf = ["root", "tbf", "rate", rate, "burst", burst, "latency", latency]
@@ -526,9 +512,7 @@ class Testbed:
     def clear_rate(self, ref: HostRef) -> None:
         host = self.host(ref)
         system.command(["tc", "qdisc", "del", "dev", host.veth, "root"], check=False)
-        system.command(
-            ["ip", "netns", "exec", host.netns, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False
-        )
+        system.command(["ip", "netns", "exec", host.netns, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
 
     # ----------------------------------------------------------------- leftovers
     def session_dirs(self, ref: HostRef) -> dict[str, Path]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from sshfleet._testbed.system import ROOT_PATH, SSHD, TestbedError
 
 LOGIN_USERS = ("root", "fleet")
+ETC_HOSTS = "etc_hosts"  # in the state dir; the hosts' /etc/hosts, so they resolve each other by name
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,7 @@ def generate_keys(specs: Sequence[tuple[Path, str]], timeout: float = 30.0) -> N
         for stale in (path, path.with_name(path.name + ".pub")):
             stale.unlink(missing_ok=True)
         argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
-        procs.append(
-            (argv, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        )
+        procs.append((argv, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
     errors = []
     for argv, proc in procs:
         try:
@@ -108,6 +107,7 @@ def mount_script(host: HostLayout, state_dir: Path) -> str:
     lines = ["set -e", f"hostname {q(host.name)}"]
     for _, source, target in host.cache_mounts:
         lines.append(f"mount --bind {q(str(source))} {q(str(target))}")
+    lines.append(f"mount --bind {q(str(state_dir / ETC_HOSTS))} /etc/hosts")
     inside = state_inside_tmp(state_dir)
     if inside is not None:
         lines.append(f"mount --bind {q(str(state_dir))} {q(str(host.tmp_dir / inside))}")
@@ -157,6 +157,12 @@ def ssh_config_text(hosts: Sequence[HostLayout], client_key: Path, known_hosts: 
 """
         )
     return "\n".join(blocks)
+
+
+def etc_hosts_text(hosts: Sequence[HostLayout]) -> str:
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{h.address}\t{h.name}" for h in hosts]
+    return "\n".join(lines) + "\n"
 
 
 def known_hosts_text(hosts: Sequence[HostLayout]) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -64,16 +66,10 @@ def test_root_can_run_system_and_pyenv_pythons(testbed):
 def test_tmp_and_cache_are_private_per_host(testbed):
     one, two = testbed.hosts[:2]
     marker = f"private-{os.getpid()}"
-    _ok(
-        openssh_run(
-            testbed, one, f"echo {one.name} > /tmp/{marker}; mkdir -p ~/.cache && touch ~/.cache/{marker}"
-        )
-    )
+    _ok(openssh_run(testbed, one, f"echo {one.name} > /tmp/{marker}; mkdir -p ~/.cache && touch ~/.cache/{marker}"))
     try:
         assert _ok(openssh_run(testbed, one, f"cat /tmp/{marker}")) == one.name
-        assert (
-            openssh_run(testbed, two, f"test -e /tmp/{marker} || test -e ~/.cache/{marker}").returncode == 1
-        )
+        assert openssh_run(testbed, two, f"test -e /tmp/{marker} || test -e ~/.cache/{marker}").returncode == 1
         assert not Path("/tmp", marker).exists()
         assert (one.cache_dirs["root"] / marker).exists()
         assert not (two.cache_dirs["root"] / marker).exists()
@@ -93,6 +89,13 @@ def test_shared_home_shares_cache_but_not_tmp(fresh_testbed):
     assert openssh_run(bed, two, "test -e /tmp/m").returncode == 1
 
 
+def test_hosts_resolve_and_reach_each_other_by_name(testbed):
+    one, two = testbed.hosts[:2]
+    assert testbed.run(one, ["getent", "hosts", two.name]).stdout.split() == [two.address, two.name]
+    probe = f"import socket; print(socket.create_connection(({two.name!r}, 22), 5).recv(4))"
+    assert testbed.run(one, ["/usr/bin/python3", "-c", probe]).stdout.strip() == "b'SSH-'"
+
+
 def test_run_as_user_and_failure(testbed):
     host = testbed.hosts[2]
     assert testbed.run(host, ["id", "-un"], user="fleet").stdout.strip() == "fleet"
@@ -106,11 +109,7 @@ def test_client_files(testbed):
     names = [h.name for h in testbed.hosts]
     assert testbed.hosts_file.read_text().split() == names
     inventory = testbed.inventory.read_text()
-    assert (
-        "[all]" in inventory
-        and "[odd]\nnode01\nnode03" in inventory
-        and "[even]\nnode02\nnode04" in inventory
-    )
+    assert "[all]" in inventory and "[odd]\nnode01\nnode03" in inventory and "[even]\nnode02\nnode04" in inventory
     config = testbed.ssh_config.read_text()
     assert "StrictHostKeyChecking yes" in config and f"HostName {testbed.hosts[0].address}" in config
     assert os.stat(testbed.state_dir).st_mode & 0o777 == 0o700
@@ -284,3 +283,55 @@ def test_leftover_check_fails_the_test_that_leaves_a_process(tmp_path):
     assert "1 failed" in proc.stdout and "node01" in proc.stdout and "sleep 300" in proc.stdout
     name = (tmp_path / "name").read_text()
     assert not any(ns.startswith(f"{name}-") for ns in _netns_names())
+
+
+def _start_inner_run(tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """A pytest run holding the session testbed; returns it once the testbed is up, with the testbed's name."""
+    root = Path(__file__).resolve().parents[2]
+    name_file = tmp_path / "name"
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    testbed: real sshd\n")
+    (tmp_path / "conftest.py").write_text("from tests.conftest import *  # noqa: F403\n")
+    (tmp_path / "test_hold.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+
+            def test_hold(testbed):
+                open(NAME_FILE, "w").write(testbed.name)
+                time.sleep(120)
+            """
+        ).replace("NAME_FILE", repr(str(name_file)))
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_hold.py"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (name_file.exists() and name_file.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"inner pytest did not bring its testbed up: {proc.communicate()[0]}")
+        time.sleep(0.05)
+    return proc, name_file.read_text()
+
+
+def test_sigterm_during_a_run_takes_its_testbed_down(tmp_path):
+    proc, name = _start_inner_run(tmp_path)
+    assert any(ns.startswith(f"{name}-") for ns in _netns_names())
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert not any(ns.startswith(f"{name}-") for ns in _netns_names()), output
+    assert not Path(f"/tmp/sshfleet-testbed-{name}").exists(), output
+
+
+def test_testbed_of_a_killed_run_is_reaped_by_the_next(tmp_path):
+    from tests.conftest import _reap_orphans
+
+    proc, name = _start_inner_run(tmp_path)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert any(ns.startswith(f"{name}-") for ns in _netns_names())  # SIGKILL leaves it behind...
+    _reap_orphans()  # ...until the next run's session fixture starts
+    assert not any(ns.startswith(f"{name}-") for ns in _netns_names())
+    assert not Path(f"/tmp/sshfleet-testbed-{name}").exists()
