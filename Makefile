@@ -24,5 +24,4 @@ bench:
 	$(PY) -m bench
 
 clean:
-	-$(VENV)/bin/sshfleet testbed down --all 2>/dev/null
 	rm -rf $(VENV) build *.egg-info
