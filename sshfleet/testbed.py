@@ -374,14 +374,7 @@ class Testbed:
         argv = files.sshd_command(self._host_layout(host), self.state_dir)
         # sshd daemonizes: the process we start exits at once and the listener is reparented to init, so it
         # outlives a CLI `up` and never becomes our zombie.
-        proc = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=max(1.0, deadline - time.monotonic()),
-            env={"PATH": system.ROOT_PATH, "LANG": "C.UTF-8"},
-            check=False,
-        )
+        proc = system.command(argv, check=False, timeout=max(1.0, deadline - time.monotonic()))
         if proc.returncode != 0:
             raise TestbedError(f"sshd of {host.name} did not start: {proc.stderr.strip()}{self._log_tail(host)}")
         while time.monotonic() < deadline:
@@ -426,6 +419,8 @@ class Testbed:
         system.kill_pids([pid], signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while system.pid_alive(pid):
+            if time.monotonic() > deadline + 5:
+                raise TestbedError(f"sshd of {host.name} (pid {pid}) survives SIGKILL")
             if time.monotonic() > deadline:
                 system.kill_pids([pid])
             time.sleep(0.01)
