@@ -87,8 +87,9 @@ class Inventory:
             self.hosts.setdefault(spec.name, spec)
         names = tuple(self.hosts)
         self.groups: dict[str, Group] = dict(groups or {})
+        grouped = {h for name, g in self.groups.items() if name not in (ALL, UNGROUPED) for h in g.hosts}
         self.groups.setdefault(ALL, Group(ALL, names))
-        self.groups.setdefault(UNGROUPED, Group(UNGROUPED, names if groups is None else ()))
+        self.groups.setdefault(UNGROUPED, Group(UNGROUPED, tuple(h for h in names if h not in grouped)))
         for group in self.groups.values():
             missing = [h for h in group.hosts if h not in self.hosts]
             if missing:

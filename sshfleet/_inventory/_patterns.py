@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 
 from sshfleet._inventory._builder import Group
@@ -94,7 +95,10 @@ class Matcher:
 
     def _match_regex(self, term: str) -> set[str]:
         try:
-            regex = re.compile(term[1:])
+            with warnings.catch_warnings():
+                # "possible nested set" FutureWarnings are about future Python versions, not the user's intent.
+                warnings.simplefilter("ignore", FutureWarning)
+                regex = re.compile(term[1:])
         except re.error as exc:
             raise InventoryError(f"bad regular expression in host pattern {term!r}: {exc}") from exc
         # re.match, as Ansible: anchored at the start, not at the end.

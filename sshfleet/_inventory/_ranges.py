@@ -146,8 +146,11 @@ def expand_hostrange(text: str) -> list[str]:
     varies slowest), and top-level commas separate host lists: ``node[1-2],web1``. ``[::1]`` (an IPv6
     address) is left as written. Raises InventoryError for a malformed range.
     """
+    text = text.strip()
+    if not any(ch in text for ch in "[],"):
+        return [text] if text else []
     names: dict[str, None] = {}
-    for part in split_top_level(text.strip(), ","):
+    for part in split_top_level(text, ","):
         part = part.strip()
         if part:
             names.update(dict.fromkeys(_expand_part(part, text)))

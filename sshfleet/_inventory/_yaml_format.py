@@ -38,7 +38,8 @@ class _Reader:
 
         self.yaml = yaml
         self.path = path
-        self.loader = yaml.SafeLoader(text)
+        # libyaml's parser when PyYAML has it: 10x faster on large inventories, same nodes and marks.
+        self.loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
 
     def error(self, message: str, node: Any) -> InventoryError:
         return InventoryError(message, self.path, _line(node))

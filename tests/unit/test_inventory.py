@@ -10,6 +10,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sshfleet import HostSpec, InventoryError
 from sshfleet.inventory import Inventory, detect_format, load_hosts
@@ -584,6 +586,14 @@ def test_inventory_container_protocol() -> None:
     assert repr(inv) == "<Inventory <hosts>: 2 hosts, 2 groups>"
 
 
+def test_inventory_built_from_groups_computes_all_and_ungrouped() -> None:
+    from sshfleet.inventory import Group
+
+    inv = Inventory([HostSpec("a"), HostSpec("b"), HostSpec("c")], {"g": Group("g", ("b",))})
+    assert inv.groups["all"].hosts == ("a", "b", "c")
+    assert inv.groups["ungrouped"].hosts == ("a", "c")
+
+
 def test_inventory_rejects_groups_naming_unknown_hosts() -> None:
     from sshfleet.inventory import Group
 
@@ -643,3 +653,22 @@ def test_agrees_with_ansible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
                 terms = [rng.choice(["", "", "&", "!"]) + rng.choice(names) for _ in range(rng.randint(1, 4))]
                 pattern = rng.choice([":", ","]).join(terms)
                 assert {h.name for h in ours.select(pattern)} == {h.name for h in theirs.list_hosts(pattern)}, pattern
+
+
+_TOKENS = [*"ab01:-,[]=@#;'\"\\ \n\t{}!&~*|%.>", "all", "[g:vars]", "[g:children]", "  ", "h x=1", "- "]
+_SOUP = st.lists(st.sampled_from(_TOKENS), max_size=40).map("".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=_SOUP, kind=st.sampled_from(["ini", "yaml", "hosts"]))
+def test_any_text_loads_or_raises_inventory_error(
+    tmp_path_factory: pytest.TempPathFactory, text: str, kind: str
+) -> None:
+    path = tmp_path_factory.mktemp("soup") / "inv"
+    path.write_text(text)
+    try:
+        inv = Inventory.load(path, format=kind)  # type: ignore[arg-type]
+    except InventoryError as exc:
+        assert str(exc).startswith(f"{path}:")
+    else:
+        assert set(inv.groups["all"].hosts) == set(inv.hosts)
