@@ -108,7 +108,7 @@ class Inventory:
         text = _read_text(path)
         kind = format or detect_format(path, text)
         if kind not in _PARSERS:
-            raise InventoryError(f"unknown inventory format {kind!r} (expected one of {', '.join(FORMATS)})")
+            raise InventoryError(f"unknown inventory format {kind!r} (expected one of {', '.join(FORMATS)})", path)
         builder = Builder(path, strict_duplicates=kind == "hosts")
         _PARSERS[kind](text, builder)
         if kind != "hosts":
