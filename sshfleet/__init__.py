@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from sshfleet._agent import Agent, AgentException
     from sshfleet._codegen import load_agent
     from sshfleet._responses import Responses
+    from sshfleet.inventory import Inventory, load_hosts
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,8 @@ _LAZY = {
     "AgentException": "sshfleet._agent",
     "Responses": "sshfleet._responses",
     "load_agent": "sshfleet._codegen",
+    "Inventory": "sshfleet.inventory",
+    "load_hosts": "sshfleet.inventory",
 }
 
 
@@ -62,6 +65,7 @@ __all__ = [
     "HostError",
     "HostKeyError",
     "HostSpec",
+    "Inventory",
     "InventoryError",
     "Responses",
     "SshFleetError",
@@ -71,4 +75,5 @@ __all__ = [
     "__version__",
     "errors",
     "load_agent",
+    "load_hosts",
 ]
