@@ -133,6 +133,7 @@ def start_servicer(
         code = _payload.bootstrap_source()
         full_config = {**config, "agent": agent.hash, "deps": _payload.known_deps()}
         head = str(len(code)).encode() + b"\n" + code + json.dumps(full_config).encode() + b"\n"
+        chan.settimeout(timeout)
         chan.sendall(head)
         stats.bytes_sent += len(head)
         while True:
@@ -162,6 +163,9 @@ def start_servicer(
                 tail = payload.get("traceback") or reader.tail()
                 raise cls(host, payload.get("message", "bootstrap failed"), log_tail=tail)
             if kind == b"NEED":
+                # The reader leaves a short poll timeout on the channel; sending a bundle may wait on the
+                # host's window for longer, so it gets what is left of the whole deadline.
+                chan.settimeout(max(reader.deadline - time.monotonic(), 0.001))
                 _ship(conn, chan, payload, agent, stats, on_progress)
     except socket.timeout:
         chan.close()
