@@ -571,7 +571,7 @@ class HttpClientAgentServicer(pb_grpc.HttpClientAgentServicer):
                         return _fail(f"cannot resolve server {host}: {exc}")
             self._traffic = Traffic(self._config, servers, self._rng)
             names = ", ".join(f"{host}:{port}" for host, port in servers)
-            return _ok(f"sending to {names} ({self._config.describe()})")
+            return _ok(f"sending {self._config.rate:g} requests/s to {names}")
 
     def StopTraffic(self, request, context):
         """Stop sending; the comment counts the requests, failures and bytes received."""

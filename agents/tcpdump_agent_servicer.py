@@ -59,6 +59,10 @@ def find_tcpdump():
     return None
 
 
+def _plural(n, noun):
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _fail(comment):
     log.warning("%s", comment)
     return pb.Response(success=False, comment=comment)
@@ -232,6 +236,8 @@ class TcpDumpAgentServicer(pb_grpc.TcpDumpAgentServicer):
         if handler is not None:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             log.addHandler(handler)
+            if log.getEffectiveLevel() > logging.INFO:  # the agent log is asked for: give it tcpdump's lines
+                log.setLevel(logging.INFO)
 
     def _running(self):
         return self._capture is not None and self._capture.proc.poll() is None
@@ -253,8 +259,9 @@ class TcpDumpAgentServicer(pb_grpc.TcpDumpAgentServicer):
             if tcpdump is None:
                 return _fail("tcpdump is not installed (not on PATH nor in {})".format(", ".join(TCPDUMP_DIRS)))
             # -U: write each packet as it comes; --immediate-mode: libpcap hands packets over at once instead
-            # of per buffer block, so StopCollection loses nothing that was on the wire before it.
-            argv = [tcpdump, "-i", "any", "-U", "--immediate-mode", "-n", "-w", "-", "host", destination]
+            # of per buffer block, so StopCollection loses nothing that was on the wire before it; -B 8192:
+            # an 8 MiB kernel buffer, as the 2 MiB default drops packets in immediate mode at modest rates.
+            argv = [tcpdump, "-i", "any", "-U", "--immediate-mode", "-B", "8192", "-n", "-w", "-", "host", destination]
             try:
                 capture = Capture(argv, self._dumpfile)
             except OSError as exc:
@@ -286,10 +293,9 @@ class TcpDumpAgentServicer(pb_grpc.TcpDumpAgentServicer):
             counts = capture.counts()
             if "captured" not in counts:
                 return _fail(f"tcpdump ended with status {code}: {capture.last_words()}")
-            return _ok(
-                f"{counts['captured']} packets captured, {counts.get('dropped by kernel', 0)} dropped by kernel; "
-                f"{capture.bytes} bytes in {capture.dumpfile}"
-            )
+            captured = _plural(counts["captured"], "packet")
+            dropped = counts.get("dropped by kernel", 0)
+            return _ok(f"{captured} captured, {dropped} dropped by kernel; {capture.bytes} bytes in {capture.dumpfile}")
 
     def ArchiveDump(self, request, context):
         """Copy the capture file into directory path (created if missing) as <tag>-<hostname>.pcap."""
