@@ -99,18 +99,27 @@ def _serialized_descriptor(pb2_text: str) -> bytes:
     return value
 
 
-def test_sysinfo_generated_files_are_up_to_date() -> None:
-    generated = build(SYSINFO)
+PROTOS = sorted((ROOT / "proto").glob("*.proto"))
+
+
+def test_every_built_in_agent_is_checked() -> None:
+    assert SYSINFO in PROTOS and len(PROTOS) >= 4, PROTOS
+
+
+@pytest.mark.parametrize("proto", PROTOS, ids=lambda p: p.name)
+def test_generated_files_are_up_to_date(proto: Path) -> None:
+    name = proto.stem
+    generated = build(proto)
     agents = ROOT / "agents"
-    hint = "agents/ is stale: run `sshfleet generate proto/sysinfo.proto -o agents`"
-    assert (agents / "sysinfo.py").read_text() == generated.modules["sysinfo.py"], hint
-    committed_pb2 = (agents / "sysinfo_pb2.py").read_text()
-    assert _serialized_descriptor(committed_pb2) == _serialized_descriptor(generated.modules["sysinfo_pb2.py"]), hint
+    hint = f"agents/ is stale: run `sshfleet generate proto/{proto.name} -o agents`"
+    assert (agents / f"{name}.py").read_text() == generated.modules[f"{name}.py"], hint
+    committed_pb2 = (agents / f"{name}_pb2.py").read_text()
+    assert _serialized_descriptor(committed_pb2) == _serialized_descriptor(generated.modules[f"{name}_pb2.py"]), hint
     if generator_version() in committed_pb2.splitlines()[0]:
-        for name in ("sysinfo_pb2.py", "sysinfo_pb2.pyi", "sysinfo_pb2_grpc.py"):
-            assert (agents / name).read_text() == generated.modules[name], f"{name}: {hint}"
+        for module in (f"{name}_pb2.py", f"{name}_pb2.pyi", f"{name}_pb2_grpc.py"):
+            assert (agents / module).read_text() == generated.modules[module], f"{module}: {hint}"
     # else: another grpcio-tools writes the pb2 modules differently; the descriptor check above still holds.
-    assert (agents / "sysinfo_servicer.py").is_file()
+    assert (agents / f"{name}_servicer.py").is_file()
 
 
 # --- the sysinfo servicer, served for real in-process ------------------------------------------------
@@ -322,7 +331,7 @@ def test_servicer_template_unpacks_request_fields(kitchen: Path) -> None:
 
 def test_host_side_code_parses_as_python_3_8(kitchen: Path) -> None:
     # Servicers run on the hosts' own python3, which may be as old as 3.8.
-    for path in (kitchen / "kitchen_servicer.py", ROOT / "agents" / "sysinfo_servicer.py"):
+    for path in (kitchen / "kitchen_servicer.py", *sorted((ROOT / "agents").glob("*_servicer.py"))):
         ast.parse(path.read_text(), filename=str(path), feature_version=(3, 8))
 
 
