@@ -1,0 +1,474 @@
+"""``sshfleet run -i INVENTORY [PATTERN] -- CMD [ARGS...]``: one command on every host, output as it comes.
+
+Built on the exec agent (agents/exec_agent.py): the command's argv reaches execvp on each host untouched (no
+re-splitting on spaces), its stdin is /dev/null unless ``--stdin`` (so nothing waits for input that never
+comes), ``-t`` gives it a real pseudo-terminal, and Ctrl-C interrupts the remote commands through their
+process groups instead of leaving them running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any, Optional
+
+from sshfleet._cli import EXIT_USAGE
+from sshfleet._cli._output import (
+    STDERR,
+    STDOUT,
+    HostResult,
+    LiveLines,
+    Progress,
+    classify,
+    exit_status,
+    render_gather,
+    summary_lines,
+    to_json,
+)
+from sshfleet._options import HostSpec, SshOptions, Timeouts
+from sshfleet.errors import UsageError
+
+# The exec agent lives in the top-level `agents` package (generated code, outside the strictly typed
+# sshfleet/): it is imported by name, and its objects are typed Any here.
+EXEC_AGENT_MODULE = "agents.exec_agent"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: our stdout was closed (`| head`), the run was abandoned
+
+DESCRIPTION = """\
+Run one command on every host of the inventory that matches PATTERN (or on the hosts given with -H), in
+parallel, and show its output as it comes, each line prefixed with its host: stdout lines on stdout, stderr
+lines on stderr. The command after -- is passed to execvp exactly as written, one argument per word you
+typed (quote as you would locally); -c runs a shell command line with /bin/sh -c instead. The remote stdin
+is /dev/null unless --stdin, so a command that reads its input ends instead of hanging.
+"""
+
+EPILOG = """\
+exit status:
+  0    the command exited 0 on every host
+  1    it failed on some host (non-zero exit, killed by a signal, or --timeout)
+  3    some host was unreachable, or the command could not start there (not found, bad cwd); 3 wins over 1
+  130  interrupted with Ctrl-C
+  141  our stdout was closed (e.g. | head): the run was abandoned
+  2    usage error
+
+Ctrl-C once sends SIGINT to the remote commands' process groups and shows which hosts have finished; a
+second Ctrl-C abandons the run at once (the remote commands are killed when the agent closes).
+
+examples:
+  sshfleet run -i lab.ini web -- systemctl is-active nginx
+  sshfleet run -H node[01-04] -b -- uname -r
+  sshfleet run -i lab.ini -c 'df -h / | tail -1'
+  echo hi | sshfleet run -H node01,node02 --stdin -- cat
+  sshfleet run -H node01 -t -- top
+"""
+
+
+class _RunParser(argparse.ArgumentParser):
+    """Everything after the first ``--`` is the command, verbatim: argparse would otherwise take the command's
+    first word for PATTERN and its dashes for our options."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Optional[list[str]] = None, namespace: Optional[argparse.Namespace] = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = list(sys.argv[1:] if args is None else args)
+        command: Optional[list[str]] = None
+        if "--" in words:
+            at = words.index("--")
+            words, command = words[:at], words[at + 1 :]
+        parsed, extra = super().parse_known_args(words, namespace)
+        parsed.argv = command
+        return parsed, extra
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    previous = subparsers._parser_class
+    subparsers._parser_class = _RunParser
+    try:
+        parser = subparsers.add_parser(
+            "run",
+            help="run a command on every host, output live with host prefixes",
+            description=DESCRIPTION,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            usage="%(prog)s [-i INVENTORY [PATTERN] | -H HOSTS] [options] (-- CMD [ARGS...] | -c 'SHELL LINE')",
+        )
+    finally:
+        subparsers._parser_class = previous
+    where = parser.add_argument_group("hosts")
+    where.add_argument("-i", "--inventory", metavar="INVENTORY", help="inventory file (Ansible INI/YAML, plain)")
+    where.add_argument("pattern", nargs="?", default=None, metavar="PATTERN", help="group or host pattern")
+    where.add_argument(
+        "-H", "--hosts", metavar="HOSTS", help="comma-separated hosts, ranges allowed: node[01-04],admin@r1:2222"
+    )
+    what = parser.add_argument_group("command")
+    what.add_argument("-c", "--shell", metavar="LINE", help="run LINE with /bin/sh -c instead of -- CMD ARGS")
+    what.add_argument(
+        "-I", "--stdin", action="store_true", help="send our stdin to every host (default: remote stdin is empty)"
+    )
+    what.add_argument(
+        "-t",
+        "--tty",
+        action="store_true",
+        help="give the command a pseudo-terminal; one host and a "
+        "terminal here: interactive (raw mode, window size follows, Ctrl-C goes to the command)",
+    )
+    what.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="kill the command (SIGTERM, SIGKILL 2 s later) if it runs longer; it then counts as failed",
+    )
+    output = parser.add_argument_group("output")
+    mode = output.add_mutually_exclusive_group()
+    mode.add_argument(
+        "-b",
+        "--gather",
+        action="store_true",
+        help="no live output: at the end, group hosts with identical output and exit (node[01-04,07])",
+    )
+    mode.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object {host: {exit_code, signal, timed_out, stdout, stderr, status, error}}",
+    )
+    mode.add_argument(
+        "--outdir", metavar="DIR", help="write each host's output to DIR/HOST.out, DIR/HOST.err, DIR/HOST.rc"
+    )
+    ssh = parser.add_argument_group("connection")
+    ssh.add_argument("-F", "--ssh-config", metavar="FILE", help="ssh_config file (default: ~/.ssh/config)")
+    ssh.add_argument("--known-hosts", metavar="FILE", help="known_hosts file (default: as ssh_config says)")
+    ssh.add_argument("--accept-new", action="store_true", help="trust and record keys of hosts not yet in known_hosts")
+    ssh.add_argument("-u", "--user", metavar="USER", help="login user for every host")
+    ssh.add_argument(
+        "--forks", type=_positive_int, default=64, metavar="N", help="hosts connecting at once (default 64)"
+    )
+    ssh.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="deadline of each connect phase: TCP, then SSH handshake + auth (default 10 and 20)",
+    )
+    ssh.add_argument("--python", metavar="PATH", help="python3 on the hosts (default: the inventory's, or python3)")
+    parser.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def split_hosts(text: str) -> list[str]:
+    """``a,node[01-03,07],b`` -> ``["a", "node[01-03,07]", "b"]``: commas inside brackets belong to ranges."""
+    items, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    items.append(current)
+    return [item.strip() for item in items if item.strip()]
+
+
+def select_hosts(args: argparse.Namespace) -> list[HostSpec]:
+    from sshfleet.inventory import load_hosts
+
+    if args.hosts and args.inventory:
+        raise UsageError("give -i INVENTORY [PATTERN] or -H HOSTS, not both")
+    if args.hosts:
+        if args.pattern:
+            raise UsageError(f"PATTERN {args.pattern!r} needs -i INVENTORY (with -H, list the hosts themselves)")
+        specs = load_hosts(split_hosts(args.hosts))
+    elif args.inventory:
+        specs = load_hosts(args.inventory, args.pattern)
+    else:
+        raise UsageError("which hosts? give -i INVENTORY [PATTERN] or -H host1,host2")
+    if not specs:
+        where = f" matching {args.pattern!r}" if args.pattern else ""
+        raise UsageError(f"no hosts{where} in {args.inventory or args.hosts}")
+    return specs
+
+
+def options_from_args(args: argparse.Namespace) -> SshOptions:
+    changes: dict[str, Any] = {"forks": args.forks, "user": args.user, "known_hosts": args.known_hosts}
+    if args.ssh_config is not None:
+        changes["ssh_config"] = args.ssh_config
+    if args.accept_new:
+        changes["host_key_policy"] = "accept-new"
+    if args.connect_timeout is not None:
+        changes["timeouts"] = Timeouts(connect=args.connect_timeout, auth=args.connect_timeout)
+    return SshOptions().replace(**changes)
+
+
+def check_command(args: argparse.Namespace) -> None:
+    if args.shell is not None and args.argv is not None:
+        raise UsageError("give the command after -- or with -c, not both")
+    if args.shell is None and not args.argv:
+        hint = f" (is {args.pattern!r} the command? put it after --)" if args.pattern else ""
+        raise UsageError(f"no command: give -- CMD [ARGS...] or -c 'SHELL LINE'{hint}")
+    if args.shell is not None and not args.shell.strip():
+        raise UsageError("-c needs a non-empty command line")
+
+
+def _binary(file: IO[str]) -> IO[bytes]:
+    """The byte layer under a text stream, after flushing what was written as text."""
+    file.flush()
+    buffer = getattr(file, "buffer", None)
+    if buffer is not None:
+        return buffer  # type: ignore[no-any-return]
+    return _TextAsBinary(file)  # type: ignore[return-value]
+
+
+class _TextAsBinary:
+    """For text streams without ``.buffer`` (tests' StringIO): decode and write."""
+
+    def __init__(self, file: IO[str]) -> None:
+        self.file = file
+
+    def write(self, data: bytes) -> int:
+        self.file.write(data.decode("utf-8", "replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _safe_name(host: str) -> str:
+    return host.replace("/", "_").replace("\0", "_") or "_"
+
+
+class _Collect:
+    """What each mode does with output as it arrives: print live, keep for the end, or write to files."""
+
+    def __init__(self, args: argparse.Namespace, hosts: list[str], progress: Progress) -> None:
+        self.keep = args.gather or args.json
+        self.outdir = Path(args.outdir) if args.outdir else None
+        self.kept: dict[str, dict[str, bytearray]] = {h: {STDOUT: bytearray(), STDERR: bytearray()} for h in hosts}
+        self.files: dict[tuple[str, str], IO[bytes]] = {}
+        self.live: Optional[LiveLines] = None
+        if not self.keep and self.outdir is None:
+            colour = (sys.stdout.isatty(), sys.stderr.isatty())
+            out, err = _binary(sys.stdout), _binary(sys.stderr)
+            self.live = LiveLines(hosts, out, err, colour=colour, strip_cr=args.tty, before_write=progress.clear)
+        if self.outdir is not None:
+            self.outdir.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, host: str, stream: str) -> IO[bytes]:
+        assert self.outdir is not None
+        key = (host, stream)
+        if key not in self.files:
+            suffix = ".out" if stream == STDOUT else ".err"
+            self.files[key] = open(self.outdir / (_safe_name(host) + suffix), "wb")  # noqa: SIM115
+        return self.files[key]
+
+    def feed(self, host: str, stream: str, data: bytes) -> None:
+        if self.live is not None:
+            self.live.feed(host, stream, data)
+        elif self.outdir is not None:
+            self._file(host, stream).write(data)
+        else:
+            self.kept[host][stream] += data
+
+    def end(self, host: str, result: HostResult, outcome: Any) -> None:
+        if self.live is not None:
+            self.live.end(host)
+        if self.keep:
+            result.stdout, result.stderr = self.kept[host][STDOUT], self.kept[host][STDERR]
+        if self.outdir is not None and result.exit_code is not None:
+            for stream in (STDOUT, STDERR):
+                file = self._file(host, stream)
+                if result.status == "not_started" and stream == STDERR:
+                    file.write(f"{outcome.comment}\n".encode())
+                file.close()
+            (self.outdir / (_safe_name(host) + ".rc")).write_text(f"{result.exit_code}\n", encoding="ascii")
+
+    def close(self) -> None:
+        for file in self.files.values():
+            file.close()
+
+
+class _CtrlC:
+    """SIGINT while the commands run: the first is forwarded to the remote commands, the second aborts.
+
+    The handler only counts and queues the signal input (ExecStream's input queue is a SimpleQueue, whose
+    put is reentrant); everything else, printing included, happens in the main loop.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.count = 0
+        self.previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.stream.send_signal("SIGINT")
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def _say(*lines: str) -> None:
+    for line in lines:
+        print(f"sshfleet: {line}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _start_agent(args: argparse.Namespace, specs: list[HostSpec]) -> Any:
+    import importlib
+
+    module = importlib.import_module(EXEC_AGENT_MODULE)
+    return module.ExecAgent(specs, ssh_options=options_from_args(args), python=args.python)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        check_command(args)
+        specs = select_hosts(args)
+    except UsageError as exc:
+        print(f"sshfleet run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    started = time.monotonic()
+    interactive = args.tty and len(specs) == 1 and not (args.gather or args.json or args.outdir)
+    interactive = interactive and _is_tty(sys.stdin) and _is_tty(sys.stdout)
+    agent_log = logging.getLogger("sshfleet._agent")
+    quiet = args.verbose == 0 and agent_log.level == logging.NOTSET
+    if quiet:  # per-host failures are in our summary; the agent's warnings would say it twice
+        agent_log.setLevel(logging.ERROR)
+    try:
+        with _start_agent(args, specs) as agent:
+            if interactive:
+                from sshfleet._cli._run_tty import run_interactive
+
+                results = run_interactive(agent, args)
+                if any(r.status != "ok" for r in results):
+                    _say(*summary_lines(results, time.monotonic() - started))
+                return exit_status(results)
+            return _run_fleet(agent, args, started)
+    finally:
+        if quiet:
+            agent_log.setLevel(logging.NOTSET)
+
+
+def _is_tty(file: Any) -> bool:
+    try:
+        return bool(file.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _terminal_window() -> tuple[int, int]:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        size = os.get_terminal_size(sys.stdout.fileno())
+        if size.lines and size.columns:
+            return size.lines, size.columns
+    return 24, 80
+
+
+def _run_fleet(agent: Any, args: argparse.Namespace, started: float) -> int:
+    hosts = agent.hosts
+    stdin: Any = None
+    if args.stdin:
+        stdin = getattr(sys.stdin, "buffer", sys.stdin)
+    tty_term = os.environ.get("TERM", "dumb") if _is_tty(sys.stdout) else "dumb"
+    stream = agent.stream(
+        args.argv,
+        shell=args.shell,
+        stdin=stdin,
+        pty=args.tty,
+        term=tty_term if args.tty else None,
+        window=_terminal_window() if args.tty else None,
+        timeout=args.timeout,
+    )
+    progress = Progress(sys.stderr, len(hosts), enabled=_is_tty(sys.stderr) and not args.json)
+    sink = _Collect(args, hosts, progress)
+    results: dict[str, HostResult] = {}
+    told = aborted = broken = False
+    try:
+        with _CtrlC(stream) as ctrl_c:
+            while True:
+                if ctrl_c.count >= 2:
+                    aborted = True
+                    break
+                if ctrl_c.count == 1 and not told:
+                    told = True
+                    progress.clear()
+                    _report_interrupt(hosts, results)
+                try:
+                    event = stream.poll(0.1)
+                except StopIteration:
+                    break
+                try:
+                    if event is None:
+                        progress.draw(len(results), [h for h in hosts if h not in results])
+                    elif event.kind == "exit":
+                        result = results[event.host] = classify(event.host, event.data)
+                        sink.end(event.host, result, event.data)
+                        progress.draw(len(results), [h for h in hosts if h not in results])
+                    else:
+                        sink.feed(event.host, event.kind, event.data)
+                except BrokenPipeError:  # `sshfleet run ... | head`: nobody reads any more, stop like SIGPIPE would
+                    broken = True
+                    _silence_stdout()
+                    break
+        if aborted or broken:
+            progress.clear()
+            if aborted:
+                _say("aborted: not waiting for the remaining hosts (their commands are killed as the agent closes)")
+            stream.cancel()
+    finally:
+        progress.clear()
+        sink.close()
+    ordered = [results.get(h) or classify(h, None) for h in hosts]
+    for result in ordered:
+        if result.status == "interrupted" and sink.keep:
+            result.stdout, result.stderr = sink.kept[result.host][STDOUT], sink.kept[result.host][STDERR]
+    if args.json:
+        import json
+
+        print(json.dumps(to_json(ordered), indent=2))
+    elif args.gather:
+        render_gather(ordered, _binary(sys.stdout), _binary(sys.stderr))
+    _say(*summary_lines(ordered, time.monotonic() - started))
+    if broken:
+        return EXIT_BROKEN_PIPE
+    return EXIT_INTERRUPTED if (told or aborted) else exit_status(ordered)
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so that the interpreter's last flush does not fail on the closed pipe too."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _report_interrupt(hosts: list[str], results: dict[str, HostResult]) -> None:
+    from sshfleet.inventory import fold_hosts
+
+    running = [h for h in hosts if h not in results]
+    finished = fold_hosts([h for h in hosts if h in results]) or "none"
+    _say(
+        f"interrupt: sent SIGINT to the command on {len(running)} running host(s); "
+        f"finished: {finished}; still running: {fold_hosts(running) or 'none'} (Ctrl-C again to abort)"
+    )
