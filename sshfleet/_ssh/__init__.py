@@ -16,6 +16,7 @@ from sshfleet._ssh._connection import (
     SshConnection,
     connect,
 )
+from sshfleet._ssh._openssh import OpenSshConnection, PipeChannel, connect_openssh
 
 __all__ = [
     "MAX_PACKET_SIZE",
@@ -23,8 +24,11 @@ __all__ = [
     "WINDOW_SIZE",
     "Channel",
     "JumpPool",
+    "OpenSshConnection",
+    "PipeChannel",
     "ResolvedHost",
     "SshConnection",
     "connect",
+    "connect_openssh",
     "resolve",
 ]
