@@ -167,6 +167,7 @@ class SizeExpression:
             self._refuse(f"calling {func.id}()")
         if isinstance(func, ast.Attribute):
             self._refuse("attribute access")
+        self._check(func, 0)  # refuses by what the callee is (a lambda, a subscript...)
         self._refuse("this call")
 
     def evaluate(self, rng):
@@ -244,6 +245,8 @@ def parse_server(text):
     text = text.strip()
     if not text:
         raise ValueError("empty server name")
+    if "://" in text:
+        raise ValueError(f"server {text!r}: give host or host:port, not a URL")
     port = DEFAULT_HTTP_PORT
     if text.startswith("["):
         end = text.find("]")
