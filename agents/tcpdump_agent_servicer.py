@@ -30,6 +30,7 @@ LISTEN_TIMEOUT = 15.0  # tcpdump prints "listening on" within milliseconds; this
 STOP_TIMEOUT = 10.0
 # A host name or an IPv4/IPv6 address, nothing that tcpdump would read as more filter syntax.
 _DESTINATION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:%-]*$")
+_CHATTER = re.compile(r"listening on|data link type")  # what tcpdump says when all is well
 _STATS = re.compile(r"^(\d+) packets? (captured|received by filter|dropped by kernel)")
 
 _servicers = []  # for Shutdown(): every instance AddServicer made
@@ -191,8 +192,9 @@ class Capture:
         return found
 
     def last_words(self):
-        lines = [line for line in self.stderr if not _STATS.match(line)]
-        return lines[-1] if lines else "no message"
+        """tcpdump's last few lines besides its counts: an error is often two lines (reason, then errno)."""
+        lines = [line for line in self.stderr if not _STATS.match(line) and not _CHATTER.search(line)]
+        return " ".join(lines[-3:])[-300:] if lines else "no message"
 
 
 class TcpDumpAgentServicer(pb_grpc.TcpDumpAgentServicer):
@@ -266,12 +268,12 @@ class TcpDumpAgentServicer(pb_grpc.TcpDumpAgentServicer):
                 capture = Capture(argv, self._dumpfile)
             except OSError as exc:
                 return _fail(f"cannot start {tcpdump}: {exc}")
-            self._capture = capture
             if not capture.wait_listening(LISTEN_TIMEOUT):
                 code = capture.stop()
                 if code is None or code == 0:
                     return _fail(f"tcpdump did not start listening within {LISTEN_TIMEOUT:g}s")
                 return _fail(f"tcpdump exited with status {code}: {capture.last_words()}")
+            self._capture = capture
             return _ok(
                 f"capturing host {destination} on all interfaces into {self._dumpfile} (tcpdump pid {capture.proc.pid})"
             )

@@ -223,6 +223,19 @@ def test_parse_server_errors(text: str, message: str) -> None:
 # --- the servicer's RPCs, without a network ---------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names under .invalid fail at once, without asking this machine's resolver (no traffic leaves it)."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and host.endswith(".invalid"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
 @pytest.fixture
 def servicer() -> Iterator[HttpClientAgentServicer]:
     s = HttpClientAgentServicer()

@@ -18,12 +18,14 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _load_reader() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("pcap_reader", EXAMPLES / "pcap_reader.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("pcap_reader", module)
-    spec.loader.exec_module(module)
-    return module
+    """examples/pcap_reader.py as the module ``pcap_reader`` (examples/ is not a package)."""
+    if "pcap_reader" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("pcap_reader", EXAMPLES / "pcap_reader.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["pcap_reader"] = module  # before running it: dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["pcap_reader"]
 
 
 reader = _load_reader()
