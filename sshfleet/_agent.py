@@ -27,11 +27,11 @@ from typing import Any, ClassVar, Optional, Union
 import grpc
 import grpc.aio
 
-from sshfleet import _payload, _session
+from sshfleet import _payload, _session, _ssh
 from sshfleet._bootstrap import ServicerProcess, start_servicer
 from sshfleet._hub import Hub, Tunnel
 from sshfleet._messages import build_request
-from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, Timeouts
+from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, Timeouts, Transport
 from sshfleet._responses import Outcome, Responses
 from sshfleet.errors import (
     CallError,
@@ -68,6 +68,7 @@ class _HostAgent:
     session: Optional[_session.HostSession] = None
     process: Optional[ServicerProcess] = None
     tunnel: Optional[Tunnel] = None
+    native_forward: Optional[str] = None  # the OpenSSH transport forwards a Unix socket itself
     channel: Optional[grpc.aio.Channel] = None
     metadata: tuple[tuple[str, str], ...] = ()
     error: Optional[HostError] = None
@@ -94,6 +95,7 @@ class Agent:
     Options: ``timeouts`` (a Timeouts), ``forks`` (how many hosts connect/bootstrap at once, default 64),
     ``python`` (interpreter on the hosts; default: the inventory's, else ``python3`` from the login PATH),
     ``host_key_policy`` ("strict" or "accept-new"), ``ssh_config``/``known_hosts``/``identity_file``/``user``,
+    ``transport`` ("paramiko", the default, or "openssh": the ssh binary, faster per call),
     or a whole ``ssh_options`` (SshOptions) to start from. ``close()`` is idempotent and also runs on ``with``
     exit and at interpreter exit.
     """
@@ -119,6 +121,7 @@ class Agent:
         identity_file: Optional[str] = None,
         user: Optional[str] = None,
         servicer: Optional[str] = None,
+        transport: Optional[Transport] = None,
         log_level: str = "INFO",
         liveness: float = 60.0,
     ) -> None:
@@ -134,6 +137,7 @@ class Agent:
             "known_hosts": known_hosts,
             "user": user,
             "identity_files": (identity_file,) if identity_file else None,
+            "transport": transport,
         }
         self.options = options.replace(**{k: v for k, v in changes.items() if v is not None})
         self.timeouts = self.options.timeouts
@@ -216,8 +220,12 @@ class Agent:
             )
             state.process = process
             state.metadata = ((TOKEN_KEY, secret),)
-            state.tunnel = Tunnel(self._hub, conn, process.port, open_timeout=self.timeouts.connect)
-            target = state.tunnel.target
+            if isinstance(conn, _ssh.OpenSshConnection):
+                state.native_forward = conn.forward_unix("127.0.0.1", process.port, timeout=self.timeouts.connect)
+                target = f"unix:{state.native_forward}"
+            else:
+                state.tunnel = Tunnel(self._hub, conn, process.port, open_timeout=self.timeouts.connect)
+                target = state.tunnel.target
             state.channel = self._hub.call(lambda: grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS))
             _lifelines.watch(self._hub, state)
             hlog.info(
@@ -402,6 +410,12 @@ class Agent:
         if state.tunnel is not None:
             state.tunnel.close()
             state.tunnel = None
+        if state.native_forward is not None and state.session is not None:
+            conn = state.session.current()
+            if isinstance(conn, _ssh.OpenSshConnection):
+                with contextlib.suppress(Exception):
+                    conn.cancel_forward(state.native_forward)
+            state.native_forward = None
         if state.process is not None:
             chan = state.process.channel
             with contextlib.suppress(Exception):
@@ -553,6 +567,9 @@ class _Lifelines:
             chan.settimeout(0.0)
             self.states[id(state)] = state
             hub.loop.add_reader(chan.fileno(), self._drain, hub, state)
+            stderr_fileno = getattr(chan, "stderr_fileno", None)  # pipe channels have a separate stderr
+            if stderr_fileno is not None:
+                hub.loop.add_reader(stderr_fileno(), self._drain, hub, state)
             if self.task is None:
                 self.task = hub.loop.create_task(self._beat())
 
@@ -563,7 +580,14 @@ class _Lifelines:
         if self.states.pop(id(state), None) is not None and process is not None:
             hub = Hub.get()
             with contextlib.suppress(Exception):
-                hub.call(lambda: hub.loop.remove_reader(process.channel.fileno()), timeout=2)
+                hub.call(lambda: self._unwatch(hub, process.channel), timeout=2)
+
+    @staticmethod
+    def _unwatch(hub: Hub, chan: Any) -> None:
+        hub.loop.remove_reader(chan.fileno())
+        stderr_fileno = getattr(chan, "stderr_fileno", None)
+        if stderr_fileno is not None:
+            hub.loop.remove_reader(stderr_fileno())
 
     def _drain(self, hub: Hub, state: _HostAgent) -> None:
         process = state.process
@@ -580,7 +604,7 @@ class _Lifelines:
                     eof = True
                     break
         if eof or chan.closed:
-            hub.loop.remove_reader(chan.fileno())
+            self._unwatch(hub, chan)
             self.states.pop(id(state), None)
             if state.error is None:
                 tail = bytes(process.stderr_tail[-2000:]).decode("utf-8", "replace").strip()

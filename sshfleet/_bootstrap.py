@@ -14,10 +14,10 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from sshfleet import _payload
-from sshfleet._ssh import Channel, SshConnection
+from sshfleet._ssh import Channel, OpenSshConnection, SshConnection
 from sshfleet.errors import (
     BootstrapError,
     ChannelError,
@@ -26,6 +26,7 @@ from sshfleet.errors import (
 )
 
 log = logging.getLogger(__name__)
+Connection = Union[SshConnection, OpenSshConnection]
 
 # The exec'd command: a tiny loader reads the real bootstrap code from stdin, so nothing secret is in argv and
 # the command line stays short. The trailing word marks the process as sshfleet's in `ps` on the host.
@@ -110,7 +111,7 @@ class _LineReader:
 
 
 def start_servicer(
-    conn: SshConnection,
+    conn: Connection,
     *,
     python: str,
     agent: _payload.Bundle,
@@ -179,7 +180,7 @@ def start_servicer(
 
 
 def _ship(
-    conn: SshConnection,
+    conn: Connection,
     chan: Channel,
     need: Mapping[str, Any],
     agent: _payload.Bundle,
@@ -206,7 +207,7 @@ def _ship(
         stats.shipped.append(name)
 
 
-def _exited(conn: SshConnection, chan: Channel, reader: _LineReader, python: str) -> BootstrapError:
+def _exited(conn: Connection, chan: Channel, reader: _LineReader, python: str) -> BootstrapError:
     """The channel closed before READY: explain why, most often a missing interpreter."""
     settle = time.monotonic() + 2.0
     while not chan.exit_status_ready() and time.monotonic() < settle:

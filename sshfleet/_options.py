@@ -16,6 +16,8 @@ from sshfleet.errors import InventoryError, UsageError
 
 HostKeyPolicy = Literal["strict", "accept-new"]
 HOST_KEY_POLICIES: tuple[str, ...] = ("strict", "accept-new")
+Transport = Literal["paramiko", "openssh"]
+TRANSPORTS: tuple[str, ...] = ("paramiko", "openssh")
 
 
 @dataclass(frozen=True)
@@ -105,12 +107,17 @@ class SshOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
     keepalive: float = 15.0
     forks: int = 64
+    # "paramiko" (default, pure Python) or "openssh": the ssh binary with a ControlMaster per host, whose
+    # forwards carry RPCs without any Python in the data path (faster; needs the OpenSSH client).
+    transport: Transport = "paramiko"
 
     def __post_init__(self) -> None:
         if self.host_key_policy not in HOST_KEY_POLICIES:
             raise UsageError(
                 f"host_key_policy must be one of {', '.join(HOST_KEY_POLICIES)}, got {self.host_key_policy!r}"
             )
+        if self.transport not in TRANSPORTS:
+            raise UsageError(f"transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
         if not isinstance(self.forks, int) or self.forks < 1:
             raise UsageError(f"forks must be a positive integer, got {self.forks!r}")
 

@@ -12,6 +12,7 @@ import threading
 from typing import Optional
 
 from sshfleet import _ssh
+from sshfleet._bootstrap import Connection
 from sshfleet._options import HostSpec, SshOptions
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,14 @@ class HostSession:
         self.options = options
         self.users = 0
         self._lock = threading.Lock()
-        self._conn: Optional[_ssh.SshConnection] = None
+        self._conn: Optional[Connection] = None
         self.log = host_logger(__name__, spec.name)
 
     @property
     def host(self) -> str:
         return self.spec.name
 
-    def connection(self) -> _ssh.SshConnection:
+    def connection(self) -> Connection:
         """The live connection, connecting first if needed. Raises ConnectError naming host and phase."""
         with self._lock:
             if self._conn is not None and self._conn.is_active():
@@ -51,8 +52,15 @@ class HostSession:
             if self._conn is not None:
                 self.log.info("connection lost; reconnecting")
                 self._conn.close()
-            self._conn = _ssh.connect(self.spec, self.options)
+            if self.options.transport == "openssh":
+                self._conn = _ssh.connect_openssh(self.spec, self.options)
+            else:
+                self._conn = _ssh.connect(self.spec, self.options)
             return self._conn
+
+    def current(self) -> Optional[Connection]:
+        """The connection as it is now, without connecting."""
+        return self._conn
 
     def close(self) -> None:
         with self._lock:

@@ -292,3 +292,47 @@ def test_another_local_user_is_refused_by_the_servicer(testbed):
             shutil.rmtree(libs)
         assert result.stdout.split() == ["UNAUTHENTICATED", "UNAUTHENTICATED"], result.stderr
         assert agent.Uname().success()  # the controller itself is still served
+
+
+def test_openssh_transport_end_to_end(testbed):
+    """transport="openssh": ControlMaster per host, the master forwards the servicer's port itself."""
+    hosts = names(testbed)[:3]
+    with SysinfoAgent(hosts, ssh_options=testbed.ssh_options(), transport="openssh") as agent:
+        assert agent.started.success(), agent.started.status()
+        replies = agent.Uname()
+        assert replies.success(), replies.status()
+        assert [r.nodename for r in replies.values()] == hosts
+        got = list(agent.Count(n=3, size=100))
+        assert len(got) == 9
+        failing = agent.Fail(message="over openssh")
+        assert all("over openssh" in e.remote_traceback for e in failing.errors.values())
+        assert "serving sysinfo_servicer" in agent.logs(hosts[0])
+
+
+def test_openssh_transport_controller_sigkill_leaves_nothing(fresh_testbed):
+    bed = fresh_testbed(2)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from agents.sysinfo import SysinfoAgent
+        from sshfleet.testbed import Testbed
+        bed = Testbed.load({bed.name!r})
+        agent = SysinfoAgent({names(bed)!r}, ssh_options=bed.ssh_options(), transport="openssh")
+        assert agent.started.success(), agent.started.status()
+        print("started", flush=True)
+        agent.Sleep(seconds=60)
+        """
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "started"
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    # The ssh master and its clients were in their own sessions: they see their peer die and exit too.
+    assert bed.wait_clean(15) == {}
