@@ -124,6 +124,8 @@ def test_real_client_accepts_the_master_argv(tmp_path):
     assert config["hostkeyalias"] == ["gw"]
     assert config["controlmaster"] == ["true"] and config["controlpersist"] == ["no"]
     assert config["ciphers"][0].startswith("aes128-gcm@openssh.com,aes256-gcm@openssh.com,")
+    assert config["kexalgorithms"][0].startswith("curve25519-sha256,")
+    assert "sntrup761x25519-sha512@openssh.com" in config["kexalgorithms"][0]  # still offered, just not first
     jump = ssh_g(master_argv(host(), str(tmp_path / "ctl"), jump_ctl="/j/ctl", jump_host="10.0.0.1"))
     assert "-W %h:%p" in jump["proxycommand"][0]
 
