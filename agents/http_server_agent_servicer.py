@@ -111,6 +111,10 @@ class BytesServer(ThreadingHTTPServer):
         self.counters = Counters()
         super().__init__((address, port), BytesHandler)
 
+    def handle_error(self, request, client_address):
+        # The default prints a traceback to stderr; a client that hangs up mid-answer is routine here.
+        log.debug("connection from %s ended badly", client_address, exc_info=True)
+
 
 class HttpServerAgentServicer(pb_grpc.HttpServerAgentServicer):
     """Implements http_server_agent.HttpServerAgent on the host; one instance serves every call."""
