@@ -532,7 +532,8 @@ class OpenSshConnection:
     def master_log(self) -> str:
         """What the master printed (errors, warnings), in one line."""
         with contextlib.suppress(OSError), open(os.path.join(self.workdir, "master.log"), "rb") as f:
-            return ssh_message(f.read()[-8000:].decode("utf-8", "replace"))
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 8000))
+            return ssh_message(f.read().decode("utf-8", "replace"))
         return ""
 
     def _client(self, argv: list[str], env: Optional[dict[str, str]] = None) -> PipeChannel:
@@ -550,7 +551,12 @@ class OpenSshConnection:
             raise ChannelError(self.host, f"cannot start ssh: {exc}") from exc
         channel = PipeChannel(self.host, proc, self._close_timeout, self._channels.discard)
         with self._lock:
-            self._channels.add(channel)
+            closing = self._closed
+            if not closing:
+                self._channels.add(channel)
+        if closing:  # close() ran meanwhile and will not see this one
+            channel.close()
+            raise ChannelError(self.host, "the SSH connection was closed")
         return channel
 
     def exec(self, command: str, *, timeout: float, pty: bool = False, term: str = "xterm",
