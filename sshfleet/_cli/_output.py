@@ -23,6 +23,8 @@ STATUS_WORDS = {
     "unreachable": "unreachable",
     "interrupted": "interrupted",
 }
+# How a host that never gave an exit status is described, by HostError.kind.
+ERROR_WORDS = {"error": "unreachable", "channel_failed": "connection lost", "timeout": "call timed out"}
 # Prefix colours cycle over hosts; stderr lines get the same colour, dimmed, so hosts stay recognisable.
 PALETTE = ("cyan", "green", "magenta", "blue", "yellow", "bright_cyan", "bright_green", "bright_magenta")
 
@@ -179,7 +181,7 @@ def classify(host: str, outcome: Any) -> HostResult:
         phase = getattr(outcome, "phase", None)
         reason = f"{phase}: {first}" if phase and not first.startswith(f"{phase}:") else first
         kind = getattr(outcome, "kind", "error")
-        word = "unreachable" if kind in ("unreachable", "error") else kind.replace("_", " ")
+        word = ERROR_WORDS.get(kind, kind.replace("_", " "))
         return HostResult(host, "unreachable", f"{word} ({reason})", error=outcome.to_dict())
     if not outcome.started:
         error = {"kind": "not_started", "message": outcome.comment}

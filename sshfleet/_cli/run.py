@@ -138,7 +138,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="print one JSON object {host: {exit_code, signal, timed_out, stdout, stderr, status, error}}",
     )
     mode.add_argument(
-        "--outdir", metavar="DIR", help="write each host's output to DIR/HOST.out, DIR/HOST.err, DIR/HOST.rc"
+        "--outdir",
+        metavar="DIR",
+        help="no live output: each host's stdout, stderr and exit code go to DIR/HOST.out, .err, .rc "
+        "(none for hosts that could not be reached)",
     )
     ssh = parser.add_argument_group("connection")
     ssh.add_argument("-F", "--ssh-config", metavar="FILE", help="ssh_config file (default: ~/.ssh/config)")

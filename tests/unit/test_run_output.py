@@ -12,6 +12,7 @@ from sshfleet._cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, build_parser
 from sshfleet._cli._output import (
     LineBuffer,
     LiveLines,
+    Progress,
     classify,
     exit_status,
     gather,
@@ -21,7 +22,7 @@ from sshfleet._cli._output import (
     to_json,
 )
 from sshfleet._cli.run import check_command, split_hosts
-from sshfleet.errors import ConnectError, UsageError
+from sshfleet.errors import ChannelError, ConnectError, UsageError
 
 
 def reply(exit_code=0, signal=0, timed_out=False, started=True, comment=""):
@@ -99,6 +100,8 @@ def test_classify_every_kind_of_outcome():
     down = classify("h", ConnectError("h", "timed out after 2s", phase="tcp"))
     assert (down.status, down.label) == ("unreachable", "unreachable (tcp: timed out after 2s)")
     assert down.error is not None and down.error["phase"] == "tcp"
+    lost = classify("h", ChannelError("h", "the servicer's SSH channel closed"))
+    assert (lost.status, lost.label) == ("unreachable", "connection lost (the servicer's SSH channel closed)")
     gone = classify("h", None)
     assert (gone.status, gone.exit_code) == ("interrupted", None)
 
@@ -141,6 +144,21 @@ def test_json_has_the_documented_fields():
             "error": None,
         }
     }
+
+
+def test_progress_draws_in_place_only_when_enabled_and_clears():
+    shown = io.StringIO()
+    progress = Progress(shown, 10, enabled=True, after=0)
+    progress.draw(3, ["node04", "node05"])
+    progress.draw(3, ["node04", "node05"])  # unchanged: not redrawn
+    assert shown.getvalue().startswith("\r\x1b[K[3/10 done, ")
+    assert shown.getvalue().endswith("s] waiting for node[04-05]") and shown.getvalue().count("\r") == 1
+    progress.clear()
+    assert shown.getvalue().endswith("\r\x1b[K")
+    quiet = io.StringIO()
+    Progress(quiet, 10, enabled=False, after=0).draw(1)
+    Progress(quiet, 10, enabled=True, after=3600).draw(1)
+    assert quiet.getvalue() == ""
 
 
 # --- gather ---------------------------------------------------------------------------------------------
