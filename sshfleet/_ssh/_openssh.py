@@ -17,7 +17,9 @@ Everything the transport creates lives in a 0700 temporary directory that ``clos
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import glob
 import itertools
 import logging
 import math
@@ -28,11 +30,13 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
@@ -58,6 +62,7 @@ KEX = "^curve25519-sha256,curve25519-sha256@libssh.org"
 # A Unix socket path holds 107 bytes; ssh binds the control socket under a name 17 bytes longer first.
 _MAX_SOCKET_DIR = 107 - 17 - len("/fwd-000000.sock") - 1
 _READY_POLL = (0.002, 0.02)  # first and largest pause between looks at the control socket
+_PREFIX = "sshfleet-ssh-"  # then the owner's pid, so directories of dead controllers can be swept
 
 
 # --- argv (pure) -----------------------------------------------------------------------------------------
@@ -255,6 +260,8 @@ class _Spawner:
 
 
 _spawner = _Spawner()
+_live: weakref.WeakSet[OpenSshConnection] = weakref.WeakSet()
+_swept = False
 
 
 def _reap(proc: subprocess.Popen[bytes], timeout: float, group: bool = False) -> None:
@@ -629,6 +636,15 @@ class OpenSshConnection:
         with contextlib.suppress(OSError):
             os.unlink(path)
 
+    def _abandon(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(OSError):
+            os.killpg(self._proc.pid, signal.SIGTERM)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -651,10 +667,42 @@ class OpenSshConnection:
                 hop.close()
 
 
-def _socket_dir() -> Optional[str]:
-    """Where the private directory goes: the temp dir, unless its path is too long for a socket name."""
+def _socket_dir() -> str:
+    """Where the private directories go: the temp dir, unless its path is too long for a socket name."""
     base = tempfile.gettempdir()
-    return base if len(base) + len("/sshfleet-ssh-xxxxxxxx") <= _MAX_SOCKET_DIR else "/tmp"
+    return base if len(base) + len(f"/{_PREFIX}4194304-xxxxxxxx") <= _MAX_SOCKET_DIR else "/tmp"
+
+
+def sweep_stale(base: str) -> list[str]:
+    """Remove directories left by controllers that died without close() (SIGKILL); returns what went.
+
+    Their masters died with them (parent-death signal) and removed their control sockets; a directory counts
+    as stale only when it is ours (uid), has no control socket, and the pid in its name is gone.
+    """
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(base), f"{_PREFIX}*-*")):
+        pid = os.path.basename(path)[len(_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or os.path.exists(os.path.join(path, "ctl")):
+            continue
+        try:
+            info = os.lstat(path)
+            if info.st_uid != os.getuid() or not stat.S_ISDIR(info.st_mode):
+                continue
+            os.kill(int(pid), 0)
+            continue  # its owner still runs
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+@atexit.register
+def _abandon_all() -> None:
+    """Connections nobody closed: stop their masters without waiting and remove their directories."""
+    for conn in list(_live):
+        conn._abandon()
 
 
 class _NotReady(Exception):
@@ -678,7 +726,12 @@ def _start_master(host: ResolvedHost, options: SshOptions, via: Optional[OpenSsh
     if host.host_key_policy == "accept-new" and host.known_hosts_write:
         with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(host.known_hosts_write) or ".", mode=0o700, exist_ok=True)
-    workdir = tempfile.mkdtemp(prefix="sshfleet-ssh-", dir=_socket_dir())
+    global _swept
+    base = _socket_dir()
+    if not _swept:
+        _swept = True
+        sweep_stale(base)
+    workdir = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base)
     ctl = os.path.join(workdir, "ctl")
     log_path = os.path.join(workdir, "master.log")
     argv = master_argv(host, ctl, jump_ctl=via.control_path if via else None, jump_host=via.address if via else "")
@@ -705,6 +758,7 @@ def _start_master(host: ResolvedHost, options: SshOptions, via: Optional[OpenSsh
             ) from None
         raise
     conn = OpenSshConnection(host, proc, workdir, hops, options.timeouts.close)
+    _live.add(conn)
     conn.connect_seconds = time.monotonic() - started
     said = conn.master_log()
     if "Permanently added" in said:

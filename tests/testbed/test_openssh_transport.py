@@ -22,6 +22,7 @@ import pytest
 
 from sshfleet._options import HostSpec, SshOptions, Timeouts
 from sshfleet._ssh import OpenSshConnection, PipeChannel, connect_openssh
+from sshfleet._ssh._openssh import sweep_stale
 from sshfleet.errors import AuthenticationError, ChannelError, ConnectError, ConnectTimeout, HostKeyError
 
 MARGIN = 15.0
@@ -416,4 +417,25 @@ def test_killed_controller_takes_its_master_along(testbed):
         if proc.stdout is not None:
             proc.stdout.close()
     assert wait_no_ssh(workdir, MARGIN) == []
-    shutil.rmtree(workdir, ignore_errors=True)  # only ssh's log is left: nobody was there to remove it
+    # Only the directory is left (nobody was there to remove it): the next controller sweeps it.
+    assert os.listdir(workdir) == ["master.log"]
+    assert sweep_stale(os.path.dirname(workdir)) == [workdir]
+
+
+UNCLOSED = """
+import sys
+from sshfleet._options import HostSpec
+from sshfleet._ssh import connect_openssh
+from sshfleet.testbed import Testbed
+conn = connect_openssh(HostSpec("node07"), Testbed.load(sys.argv[1]).ssh_options())
+print(conn.master_pid, conn.workdir, flush=True)
+sys.exit(0)  # without close(): the interpreter's exit must clean up
+"""
+
+
+def test_connection_never_closed_is_cleaned_at_exit(testbed):
+    done = subprocess.run([sys.executable, "-c", UNCLOSED, testbed.name], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    _pid, workdir = done.stdout.split()
+    assert not os.path.exists(workdir)
+    assert wait_no_ssh(workdir, MARGIN) == []

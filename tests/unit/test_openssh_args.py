@@ -4,6 +4,7 @@ channel on a local process. No network: ``ssh -G`` only prints the configuration
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from sshfleet._ssh._openssh import (
     mux_argv,
     proxy_command,
     ssh_message,
+    sweep_stale,
     translate_failure,
 )
 from sshfleet.errors import AuthenticationError, ConnectError, ConnectTimeout, HostKeyError
@@ -318,3 +320,20 @@ def test_timeouts_object_is_honoured_in_argv():
     o = options_of(master_argv(resolve(HostSpec("h", hostname="192.0.2.9"), options), "c"))
     assert o["ConnectTimeout"] == ["7"] and o["ServerAliveInterval"] == ["4"]
     assert o["UserKnownHostsFile"] == ["/kh"]
+
+
+def test_sweep_removes_only_directories_of_dead_controllers(tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f"sshfleet-ssh-{gone.pid}-abc"
+    stale.mkdir()
+    (stale / "master.log").write_text("")
+    alive = tmp_path / f"sshfleet-ssh-{os.getppid()}-def"  # the process that runs pytest's parent
+    alive.mkdir()
+    busy = tmp_path / f"sshfleet-ssh-{gone.pid}-ghi"  # a control socket: a master still serves it
+    busy.mkdir()
+    (busy / "ctl").write_text("")
+    other = tmp_path / "sshfleet-ssh-notapid-x"
+    other.mkdir()
+    assert sweep_stale(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and alive.exists() and busy.exists() and other.exists()
