@@ -40,20 +40,35 @@ def Shutdown():
 
 
 class Counters:
-    """Requests and bytes served, shared by the handler threads."""
+    """Requests and bytes served, shared by the handler threads.
+
+    ``active`` counts answers being written: StopServer waits for them, so that a request whose answer the client
+    has read in full is always in the counts it reports.
+    """
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self.requests = 0
         self.errors = 0
         self.bytes = 0
+        self.active = 0
+
+    def begin(self):
+        with self._cond:
+            self.active += 1
 
     def add(self, sent, error=False):
-        with self._lock:
+        with self._cond:
+            self.active -= 1
             self.requests += 1
             self.bytes += sent
             if error:
                 self.errors += 1
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout):
+        with self._cond:
+            self._cond.wait_for(lambda: self.active == 0, timeout)
 
 
 class BytesHandler(BaseHTTPRequestHandler):
@@ -64,6 +79,7 @@ class BytesHandler(BaseHTTPRequestHandler):
     timeout = 30  # seconds a client may stall mid-request
 
     def do_GET(self):
+        self.server.counters.begin()
         path = self.path.split("?", 1)[0]
         if path == "/":
             self._answer_text(200, "sshfleet HttpServerAgent: GET /bytes/N answers N bytes\n")
@@ -76,12 +92,12 @@ class BytesHandler(BaseHTTPRequestHandler):
         if size > MAX_BYTES:
             self._answer_text(413, f"at most {MAX_BYTES} bytes per request\n", error=True)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(size))
-        self.end_headers()
         sent = 0
         try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
             while sent < size:
                 chunk = _BLOCK[: min(len(_BLOCK), size - sent)]
                 self.wfile.write(chunk)
@@ -94,9 +110,11 @@ class BytesHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        self.server.counters.add(len(body), error=error)
+        try:
+            self.end_headers()
+            self.wfile.write(body)
+        finally:
+            self.server.counters.add(len(body), error=error)
 
     def log_message(self, format, *args):  # the default writes to stderr, which nobody reads on the host
         log.debug("%s %s", self.address_string(), format % args)
@@ -162,6 +180,7 @@ class HttpServerAgentServicer(pb_grpc.HttpServerAgentServicer):
         if server is not None:
             server.shutdown()  # waits for serve_forever to return; handler threads are daemons
             server.server_close()
+            server.counters.wait_idle(5)
             self._thread.join(5)
         return server
 
