@@ -552,7 +552,8 @@ class HttpClientAgentServicer(pb_grpc.HttpClientAgentServicer):
             except ValueError as exc:  # SizeError included
                 return _fail(str(exc))
             self._config = config
-            return _ok("{} (sample sizes: {})".format(config.describe(), ", ".join(str(s) for s in samples[:3])))
+            shown = ", ".join(str(s) for s in samples[:3])
+            return _ok(f"{config.describe()} (sample sizes: {shown})")
 
     def StartTraffic(self, request, context):
         """Start sending requests to the servers in a background thread, round robin."""

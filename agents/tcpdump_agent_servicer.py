@@ -228,7 +228,7 @@ class TcpDumpAgentServicer(pb_grpc.TcpDumpAgentServicer):
                 return _fail(str(exc))
             self._set_log_handler(handler)
             self._dumpfile = dumpfile
-            return _ok("dumpfile {}{}".format(dumpfile, f", log {agentlog}" if agentlog else ""))
+            return _ok(f"dumpfile {dumpfile}, log {agentlog}" if agentlog else f"dumpfile {dumpfile}")
 
     def _set_log_handler(self, handler):
         if self._log_handler is not None:
@@ -259,7 +259,7 @@ class TcpDumpAgentServicer(pb_grpc.TcpDumpAgentServicer):
                 return _fail(f"destination must be a host name or address, not {destination!r}")
             tcpdump = find_tcpdump()
             if tcpdump is None:
-                return _fail("tcpdump is not installed (not on PATH nor in {})".format(", ".join(TCPDUMP_DIRS)))
+                return _fail(f"tcpdump is not installed (not on PATH nor in {', '.join(TCPDUMP_DIRS)})")
             # -U: write each packet as it comes; --immediate-mode: libpcap hands packets over at once instead
             # of per buffer block, so StopCollection loses nothing that was on the wire before it; -B 8192:
             # an 8 MiB kernel buffer, as the 2 MiB default drops packets in immediate mode at modest rates.
