@@ -72,12 +72,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return Plan(
         sizes=sizes,
         rounds=args.rounds or (50 if quick else 200),
-        cold_reps=2 if quick else 5,
+        cold_reps=1 if quick else 5,
         empty_cache_reps=1 if quick else 3,
         stream_bytes=(32 if quick else 128) << 20,
-        stream_reps=2 if quick else 5,
+        stream_reps=2 if quick else 7,
         scale_hosts=args.scale_hosts,
         scale_calls=100 if quick else 1000,
+        scale_tools=["sshfleet"] if quick else ["sshfleet", "mitogen"],
         tools=tools,
         phases=wanted_phases,
     )

@@ -20,7 +20,6 @@ from sshfleet.testbed import Testbed
 COLD_TOOLS = ["sshfleet", "sshfleet-empty-cache", "fabric", "parallel-ssh", "asyncssh", "mitogen", "ansible"]
 WARM_TOOLS = ["sshfleet", "mitogen", "fabric", "parallel-ssh", "asyncssh"]
 STREAM_TOOLS = ["sshfleet", "paramiko", "paramiko-seam", "openssh"]
-SCALE_TOOLS = ["sshfleet", "mitogen"]
 ALL_TOOLS = sorted(set(COLD_TOOLS + WARM_TOOLS + STREAM_TOOLS) - {"sshfleet-empty-cache"})
 
 
@@ -34,6 +33,7 @@ class Plan:
     stream_reps: int
     scale_hosts: int
     scale_calls: int
+    scale_tools: list[str]
     tools: set[str]
     phases: set[str]
 
@@ -250,11 +250,15 @@ def stream(run: Run) -> None:
                 live.remove(tool)
                 continue
             mbps = reply["bytes"] / reply["seconds"] / 1e6
+            # Controller CPU per GB (process + ssh children): less noisy than MB/s on a shared machine.
+            cpu_per_gb = (reply["cpu"] + reply["children_cpu"]) / reply["bytes"] * 1e9
             out[tool]["runs"].append(mbps)
-            run.say(f"stream: {tool:<14} {mbps:8.1f} MB/s")
+            out[tool].setdefault("cpu_s_per_gb_runs", []).append(cpu_per_gb)
+            run.say(f"stream: {tool:<14} {mbps:8.1f} MB/s  controller CPU {cpu_per_gb:5.2f} s/GB")
     for tool in tools:
         _close(run.worker(tool), out[tool])
         out[tool]["mb_per_s"] = _summary(out[tool]["runs"])
+        out[tool]["cpu_s_per_gb"] = _summary(out[tool].get("cpu_s_per_gb_runs", []))
 
 
 # --------------------------------------------------------------------------------------------- 128 hosts
@@ -291,7 +295,7 @@ def scale(run: Run) -> None:
     main_env, main_workers = run.env, run.workers
     run.env, run.workers = env, {}
     try:
-        warm(run, n, SCALE_TOOLS, run.plan.scale_calls, key=f"{n}")
+        warm(run, n, run.plan.scale_tools, run.plan.scale_calls, key=f"{n}")
     finally:
         run.stop_workers()
         run.env, run.workers = main_env, main_workers

@@ -147,16 +147,21 @@ def stream_table(results: dict[str, Any]) -> list[str]:
         f"Median MB/s (10^6 bytes/s) reading {stream['bytes'] >> 20} MiB; (ratio) = sshfleet ÷ tool, "
         "**> 1 means sshfleet is faster**. sshfleet: `Count(n, 64 KiB)` server stream; paramiko: exec "
         "`head -c N /dev/zero` and read the channel; OpenSSH: `ssh host 'head -c N /dev/zero' > /dev/null` "
-        "over an open ControlMaster.",
+        "over an open ControlMaster. Controller CPU = CPU seconds the controller process and its ssh children "
+        "spent per GB received (ratio < 1 means sshfleet is cheaper); it is less sensitive than MB/s to other "
+        "load on the machine.",
         "",
-        "| tool | MB/s | cipher |",
-        "|---|---:|---|",
+        "| tool | MB/s (ratio, > 1 better) | controller CPU s/GB (ratio, < 1 better) | cipher |",
+        "|---|---:|---:|---|",
     ]
+    our_cpu = _get(tools, "sshfleet", "cpu_s_per_gb", "median")
     for tool, entry in tools.items():
+        is_ours = tool == "sshfleet"
         value = _get(entry, "mb_per_s", "median")
+        cpu = _get(entry, "cpu_s_per_gb", "median")
         cipher = _get(entry, "info", "cipher") or ""
-        cell = _cell(value, ours, "", tool == "sshfleet") + _error_note(entry)
-        lines.append(f"| {LABELS.get(tool, tool)} | {cell} | {cipher} |")
+        cell = _cell(value, ours, "", is_ours) + _error_note(entry)
+        lines.append(f"| {LABELS.get(tool, tool)} | {cell} | {_cell(cpu, our_cpu, '', is_ours)} | {cipher} |")
     return [*lines, ""]
 
 

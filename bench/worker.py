@@ -65,12 +65,11 @@ def handle(tool: Tool, req: dict[str, Any]) -> dict[str, Any]:
         tool.close()
         return {"seconds": time.perf_counter() - t0}
     if op == "stream":
-        t0 = time.perf_counter()
-        got = tool.stream(int(req["nbytes"]))
-        seconds = time.perf_counter() - t0
+        with _proc.CpuMeter() as meter:
+            got = tool.stream(int(req["nbytes"]))
         if got != int(req["nbytes"]):
             raise RuntimeError(f"read {got} bytes, expected {req['nbytes']}")
-        return {"seconds": seconds, "bytes": got}
+        return {"seconds": meter.wall, "bytes": got, "cpu": meter.cpu, "children_cpu": meter.children}
     if op == "info":
         return {"info": tool.info()}
     if op == "probe":
