@@ -10,7 +10,8 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from sshfleet.errors import SshFleetError
 
