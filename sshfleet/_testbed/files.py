@@ -90,7 +90,9 @@ PrintMotd no
 MaxSessions 64
 MaxStartups 512
 MaxAuthTries 10
-ClientAliveInterval 0
+# Like most production servers, drop sessions whose client vanished (a cut link), within ~6 s.
+ClientAliveInterval 2
+ClientAliveCountMax 3
 AcceptEnv LANG LC_*
 Subsystem sftp internal-sftp
 """
