@@ -19,6 +19,21 @@ LABELS = {
 }
 
 
+# One colour and marker per tool in every panel; sshfleet is the thick red line.
+COLORS = {
+    "sshfleet": "#d62728",
+    "sshfleet-empty-cache": "#ff9896",
+    "fabric": "#2ca02c",
+    "parallel-ssh": "#9467bd",
+    "asyncssh": "#8c564b",
+    "mitogen": "#1f77b4",
+    "ansible": "#e377c2",
+    "paramiko": "#7f7f7f",
+    "paramiko-seam": "#bcbd22",
+    "openssh": "#17becf",
+}
+
+
 def _get(d: Any, *path: Any) -> Any:
     for key in path:
         if not isinstance(d, dict) or key not in d:
@@ -335,6 +350,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 xs,
                 ys,
                 marker=markers.get(tool, "o"),
+                color=COLORS.get(tool),
                 label=LABELS.get(tool, tool),
                 lw=2.5 if tool == "sshfleet" else 1.2,
             )
@@ -355,6 +371,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 xs,
                 ys,
                 marker=markers.get(tool, "o"),
+                color=COLORS.get(tool),
                 label=LABELS.get(tool, tool),
                 lw=2.5 if tool == "sshfleet" else 1.2,
             )
@@ -380,7 +397,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     names = [t for t in stools if _get(stools, t, "mb_per_s", "median") is not None]
     if names:
         ys = [_get(stools, t, "mb_per_s", "median") for t in names]
-        bars = ax.bar(range(len(names)), ys, color=["C3" if t == "sshfleet" else "C0" for t in names])
+        bars = ax.bar(range(len(names)), ys, color=[COLORS.get(t, "C0") for t in names])
         ax.bar_label(bars, fmt="%.0f")
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels([LABELS.get(t, t).replace(", ", "\n") for t in names], fontsize=8)

@@ -146,6 +146,13 @@ class Sshfleet(Tool):
             self.close()
             raise RuntimeError("agent did not start everywhere:\n" + status)
 
+    def info(self) -> dict[str, Any]:
+        if self.agent is None:
+            return {}
+        state = next(iter(self.agent._hosts.values()))  # private, but the cipher is worth recording
+        conn = state.session.connection() if state.session is not None else None
+        return {"cipher": getattr(conn, "cipher", None)}
+
     def started(self) -> dict[str, Any]:
         return {h: dict(self.agent.started[h]) for h in self.agent.hosts}
 
