@@ -132,6 +132,23 @@ def install_bundle(cache, meta, stream):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+class LazyGrpcAio(object):
+    """`import grpc` also imports grpc.aio (asyncio, typing_extensions: ~40 ms of a ~150 ms start on a host).
+    The servicer runtime never uses it, so it is loaded lazily: on first attribute access, if a servicer does."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "grpc.aio":
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(LazyGrpcAio)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = importlib.util.LazyLoader(spec.loader)
+        return spec
+
+
 def main():
     stdin = sys.stdin.buffer
     config = json.loads(stdin.readline().decode("utf-8"))
@@ -169,6 +186,7 @@ def main():
     sessions = private_dir(os.path.join(cache, "sessions"))
     session_dir = private_dir(os.path.join(sessions, config["session"]))
     sys.path[:0] = [os.path.join(cache, wanted["agent"]), os.path.join(cache, wanted["deps"])]
+    sys.meta_path.insert(0, LazyGrpcAio)
     try:
         import sshfleet_runtime
     except Exception:
