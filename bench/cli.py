@@ -165,6 +165,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("python -m bench needs root (the testbed uses network namespaces)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
+    # Also when started in the background by a shell, which makes the process ignore SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     tmp = Path(tempfile.mkdtemp(prefix="sshfleet-bench-"))
     started = time.monotonic()
     bed = Testbed(BED_NAME, max(plan.sizes))

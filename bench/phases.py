@@ -6,6 +6,7 @@ Every request to a worker has a deadline, and every failure is recorded in the r
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -172,6 +173,9 @@ def warm(run: Run, k: int, tools: list[str], rounds: int, key: Optional[str] = N
             entry["times"] += reply["times"]
             for name in ("cpu", "children_cpu", "wall"):
                 entry[name] += reply[name]
+            with contextlib.suppress(WorkerError):  # threads after each block: do they grow with calls?
+                probe = run.worker(tool).request("probe", timeout=30)
+                entry.setdefault("threads_by_block", []).append([probe["python_threads"], probe["os_threads"]])
     for tool in live:
         entry = out[tool]
         worker = run.worker(tool)

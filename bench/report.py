@@ -224,7 +224,9 @@ def scale_lines(results: dict[str, Any]) -> list[str]:
             f"- agent up on {n} hosts (warm cache): {_fmt(s.get('open_seconds'), ' s')}; Mitogen contexts up: "
             f"{_fmt(_get(warm, 'mitogen', 'open_seconds'), ' s')}",
             f"- controller threads before/after the calls: Python {before.get('python_threads')} → "
-            f"{after.get('python_threads')}, OS {before.get('os_threads')} → {after.get('os_threads')}",
+            f"{after.get('python_threads')}, OS {before.get('os_threads')} → {after.get('os_threads')}; "
+            f"OS threads after each block of calls: "
+            f"{', '.join(str(b[1]) for b in s.get('threads_by_block') or []) or '—'}",
             f"- controller RSS: {_fmt((before.get('rss_kib') or 0) / 1024, ' MiB', 0)} after start, "
             f"{_fmt((after.get('rss_kib') or 0) / 1024, ' MiB', 0)} after the calls",
             f"- servicer on each host: median RSS {_fmt((_get(serv, 'rss_kib', 'median') or 0) / 1024, ' MiB', 1)}, "
