@@ -22,14 +22,11 @@ import contextlib
 import glob
 import itertools
 import logging
-import math
 import os
 import queue
-import re
 import select
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -42,186 +39,27 @@ from typing import Any, Callable, Optional
 
 from sshfleet._options import HostSpec, SshOptions
 from sshfleet._ssh._config import ResolvedHost, resolve
-from sshfleet.errors import (
-    AuthenticationError,
-    ChannelError,
-    ConnectError,
-    ConnectTimeout,
-    HostKeyError,
-    UsageError,
+from sshfleet._ssh._openssh_args import (
+    SSH,
+    exec_argv,
+    forward_spec,
+    master_argv,
+    mux_argv,
+    ssh_message,
+    translate_failure,
 )
+from sshfleet._ssh._pipe_channel import PipeChannel, _reap
+from sshfleet.errors import ChannelError, ConnectError, UsageError
+
+# PipeChannel is re-exported: sshfleet._ssh imports it from here.
+__all__ = ["OpenSshConnection", "PipeChannel", "connect_openssh", "sweep_stale"]
 
 log = logging.getLogger("sshfleet.ssh")
 
-SSH = "ssh"
-# Same preference as the paramiko path: AES-GCM is the fastest cipher with AES-NI; the rest stays in ssh's order.
-CIPHERS = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
-# curve25519 first, as paramiko negotiates: OpenSSH 9's default sntrup761x25519 costs ~10x the CPU per connect
-# (~100 ms per host on a busy controller), which a fleet connect pays hundreds of times. It stays offered.
-KEX = "^curve25519-sha256,curve25519-sha256@libssh.org"
 # A Unix socket path holds 107 bytes; ssh binds the control socket under a name 17 bytes longer first.
 _MAX_SOCKET_DIR = 107 - 17 - len("/fwd-000000.sock") - 1
 _READY_POLL = (0.002, 0.02)  # first and largest pause between looks at the control socket
 _PREFIX = "sshfleet-ssh-"  # then the owner's pid, so directories of dead controllers can be swept
-
-
-# --- argv (pure) -----------------------------------------------------------------------------------------
-
-
-def _value(text: str) -> str:
-    """An ssh_config value: ssh splits on whitespace unless quoted."""
-    return f'"{text}"' if any(c.isspace() for c in text) else text
-
-
-def _seconds(value: float) -> int:
-    return max(1, math.ceil(value))
-
-
-def mux_argv(ctl: str, ssh: str = SSH, log_level: str = "ERROR") -> list[str]:
-    """Options shared by every client of a master; a dead master then fails fast instead of dialling out.
-
-    LogLevel ERROR keeps "Shared connection to ... closed." out of a pty session's output.
-    """
-    return [
-        ssh, "-F", "none", "-S", ctl,
-        "-o", "ControlMaster=no", "-o", "ProxyCommand=false", "-o", "BatchMode=yes", "-o", f"LogLevel={log_level}",
-    ]  # fmt: skip
-
-
-def proxy_command(jump_ctl: str, jump_host: str, ssh: str = SSH) -> str:
-    """ProxyCommand through the master at ``jump_ctl``; ``%h:%p`` is the next hop's HostName and Port."""
-    words = [*mux_argv(jump_ctl.replace("%", "%%"), ssh), "-W", "%h:%p", "--", jump_host]
-    return " ".join(_shell_word(w) for w in words)
-
-
-def _shell_word(word: str) -> str:
-    if word and re.fullmatch(r"[\w@%+=:,./^-]+", word):
-        return word
-    return "'" + word.replace("'", "'\"'\"'") + "'"
-
-
-def master_argv(host: ResolvedHost, ctl: str, *, jump_ctl: Optional[str] = None, jump_host: str = "",
-                ssh: str = SSH) -> list[str]:  # fmt: skip
-    """The argv of the master for ``host``: every setting comes from ``resolve()``, nothing from ssh_config."""
-    options = {
-        "ControlPersist": "no",
-        "BatchMode": "yes",
-        "ExitOnForwardFailure": "yes",
-        "ServerAliveInterval": str(math.ceil(host.keepalive)) if host.keepalive > 0 else "0",
-        "ServerAliveCountMax": str(host.keepalive_count_max),
-        "ConnectTimeout": str(_seconds(host.connect_timeout)),
-        "HostName": host.hostname,
-        "Port": str(host.port),
-        "User": host.user,
-        "IdentitiesOnly": "yes" if host.identities_only else "no",
-        "StrictHostKeyChecking": "accept-new" if host.host_key_policy == "accept-new" else "yes",
-        "UserKnownHostsFile": _known_hosts_value(host),
-        "GlobalKnownHostsFile": os.devnull,
-        # sshfleet never rewrites known_hosts behind the user's back, and writes names the way paramiko does.
-        "UpdateHostKeys": "no",
-        "HashKnownHosts": "no",
-        "CheckHostIP": "no",
-        "PreferredAuthentications": "publickey",
-        "PasswordAuthentication": "no",
-        "KbdInteractiveAuthentication": "no",
-        "Ciphers": CIPHERS,
-        "KexAlgorithms": KEX,
-        "ProxyJump": "none",
-        "ProxyCommand": proxy_command(jump_ctl, jump_host, ssh) if jump_ctl else "none",
-    }
-    if host.host_key_alias:
-        options["HostKeyAlias"] = host.host_key_alias
-    if not host.allow_agent:
-        options["IdentityAgent"] = "none"
-    argv = [ssh, "-F", "none", "-M", "-S", ctl, "-N", "-T"]
-    for key, value in options.items():
-        argv += ["-o", f"{key}={value}"]
-    # Without this OpenSSH would fall back to ~/.ssh/id_*; resolve() already decided which keys to offer.
-    for path in host.identity_files or ("none",):
-        argv += ["-o", f"IdentityFile={_value(path)}"]
-    return [*argv, "--", host.hostname]
-
-
-def _known_hosts_value(host: ResolvedHost) -> str:
-    files = list(host.known_hosts_files)
-    if host.known_hosts_write and host.known_hosts_write in files:
-        # accept-new appends to the first file, as resolve() chose.
-        files.remove(host.known_hosts_write)
-        files.insert(0, host.known_hosts_write)
-    return " ".join(_value(f) for f in files) or os.devnull
-
-
-def forward_spec(path: str, dest_host: str, dest_port: int) -> str:
-    """``-L`` argument forwarding the local socket ``path`` to ``dest_host:dest_port``."""
-    where = f"[{dest_host}]" if ":" in dest_host else dest_host
-    return f"{path}:{where}:{dest_port}"
-
-
-def exec_argv(ctl: str, hostname: str, command: str, *, pty: bool, width: int, height: int,
-              ssh: str = SSH) -> list[str]:  # fmt: skip
-    """A session over the master; with a pty, ``stty`` sets its size (the mux client has no terminal to copy)."""
-    if pty:
-        command = f"stty cols {int(width)} rows {int(height)} 2>/dev/null; {command}"
-    tty = ["-tt", "-o", "EscapeChar=none"] if pty else ["-T"]
-    return [*mux_argv(ctl, ssh), *tty, "--", hostname, command]
-
-
-# --- error translation (pure) ----------------------------------------------------------------------------
-
-_NOISE = re.compile(r"^(Please contact your system administrator\.?|Add correct host key in .*)$")
-
-
-def ssh_message(text: str, limit: int = 1200) -> str:
-    """ssh's stderr in one line: banner borders and boilerplate dropped, the rest joined with ' / '."""
-    kept = []
-    for raw in text.replace("\r", "").splitlines():
-        line = raw.strip().strip("@").strip()
-        line = line[len("ssh: ") :] if line.startswith("ssh: ") else line
-        if line and not _NOISE.match(line):
-            kept.append(line)
-    joined = " / ".join(dict.fromkeys(kept))
-    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
-
-
-def translate_failure(host: ResolvedHost, stderr: str, *, timed_out: bool, waited: float,
-                      jump: Optional[str] = None) -> ConnectError:  # fmt: skip
-    """The sshfleet error for a master that did not come up, from what ssh printed (kept in the message)."""
-    said = ssh_message(stderr)
-    where = f"{host.hostname}:{host.port}"
-    quoted = f" (ssh: {said})" if said else ""
-    if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
-        if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
-            summary = f"HOST KEY CHANGED for {where}; possible man-in-the-middle"
-        else:
-            summary = f"no host key known for {where} under strict checking (use host_key_policy='accept-new')"
-        return HostKeyError(host.name, summary + quoted)
-    if "Permission denied" in stderr or "Too many authentication failures" in stderr:
-        keys = ", ".join(host.identity_files) or "no key to offer"
-        return AuthenticationError(host.name, f"permission denied for user {host.user!r}; keys: {keys}{quoted}")
-    if jump and ("Stdio forwarding request failed" in stderr or "open failed" in stderr):
-        return ConnectError(host.name, f"jump host {jump} cannot reach {where}{quoted}", "proxy")
-    if "during banner exchange" in stderr:
-        cls = ConnectTimeout if "timed out" in stderr else ConnectError
-        return cls(host.name, f"no SSH banner from {where}{quoted}", "banner")
-    if re.search(r"connect to host .* port \d+: Connection timed out", stderr):
-        return ConnectTimeout(
-            host.name, f"TCP connect to {where} timed out after {host.connect_timeout:g}s{quoted}", "tcp"
-        )
-    if re.search(r"connect to host .* port \d+:|Could not resolve hostname", stderr):
-        return ConnectError(host.name, f"TCP connect to {where} failed{quoted}", "tcp")
-    if "kex_exchange_identification" in stderr or "Connection closed by" in stderr:
-        return ConnectError(host.name, f"SSH negotiation with {where} failed{quoted}", "banner")
-    if "Unable to negotiate" in stderr:
-        return ConnectError(host.name, f"SSH negotiation with {where} failed{quoted}", "kex")
-    if "command-line" in stderr or "Bad configuration option" in stderr or "ControlPath" in stderr:
-        return ConnectError(host.name, f"ssh rejected its settings{quoted}", "config")
-    if timed_out:
-        if jump and not said:
-            return ConnectTimeout(host.name, f"no answer from {where} through jump host {jump} in {waited:g}s", "proxy")
-        return ConnectTimeout(
-            host.name, f"key exchange and authentication with {where} took longer than {waited:g}s{quoted}", "auth"
-        )
-    return ConnectError(host.name, f"ssh to {where} failed{quoted}", "auth" if said else "tcp")
 
 
 # --- processes -------------------------------------------------------------------------------------------
@@ -264,22 +102,6 @@ _live: weakref.WeakSet[OpenSshConnection] = weakref.WeakSet()
 _swept = False
 
 
-def _reap(proc: subprocess.Popen[bytes], timeout: float, group: bool = False) -> None:
-    """Wait up to ``timeout`` for ``proc``, then SIGTERM, then SIGKILL (its process group when ``group``)."""
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        if sig is not None and proc.poll() is None:
-            with contextlib.suppress(OSError):
-                if group:
-                    os.killpg(proc.pid, sig)
-                else:
-                    proc.send_signal(sig)
-        try:
-            proc.wait(timeout if sig is None else 1.0)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _run(argv: list[str], timeout: float) -> tuple[int, str]:
     """Run a short mux command (``-O check/forward/exit``); (255, reason) when it cannot finish in time."""
     try:
@@ -291,188 +113,6 @@ def _run(argv: list[str], timeout: float) -> tuple[int, str]:
     except OSError as exc:
         return 255, str(exc)
     return done.returncode, done.stderr.decode("utf-8", "replace").strip()
-
-
-# --- channels --------------------------------------------------------------------------------------------
-
-
-class PipeChannel:
-    """A seam ``Channel`` over an ssh client's pipes: stdin is send, stdout is recv, stderr is recv_stderr.
-
-    ``settimeout`` works as on a socket: None blocks, 0.0 raises socket.timeout at once when nothing is there,
-    t > 0 waits up to t. ``fileno()`` is the stdout pipe and ``stderr_fileno()`` the stderr pipe, for an event
-    loop; bytes that ``recv_ready()``/``recv_stderr_ready()`` had to read to answer are returned by the next
-    ``recv``/``recv_stderr`` and do not show on the fd. The exit status is the ssh client's: the remote status,
-    255 when the session ended without one (killed by a signal, master gone), -1 when the client was killed.
-    ``close()`` closes stdin, stops the client if it still runs and reaps it; it never raises.
-    """
-
-    def __init__(self, host: str, proc: subprocess.Popen[bytes], close_timeout: float,
-                 on_close: Optional[Callable[[PipeChannel], None]] = None) -> None:  # fmt: skip
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        self.host = host
-        self.eof_received = False
-        self.eof_sent = False
-        self._proc = proc
-        self._files = (proc.stdin, proc.stdout, proc.stderr)
-        self._in, self._out, self._err = (f.fileno() for f in self._files)
-        for fd in (self._in, self._out, self._err):
-            os.set_blocking(fd, False)
-        self._pending = b""
-        self._err_pending = b""
-        self._err_eof = False
-        self._timeout: Optional[float] = None
-        self._closed = False
-        self._close_timeout = close_timeout
-        self._on_close = on_close
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"<PipeChannel {self.host} pid={self._proc.pid}{' closed' if self.closed else ''}>"
-
-    @property
-    def closed(self) -> bool:
-        """True after close(), or once the client has exited and all of stdout has been read."""
-        return self._closed or (self.eof_received and self._proc.poll() is not None)
-
-    @closed.setter
-    def closed(self, value: bool) -> None:
-        if value:
-            self.close()
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def settimeout(self, timeout: Optional[float], /) -> None:
-        self._timeout = timeout
-
-    def gettimeout(self) -> Optional[float]:
-        return self._timeout
-
-    def fileno(self) -> int:
-        return self._out
-
-    def stderr_fileno(self) -> int:
-        return self._err
-
-    def _wait(self, fd: int, event: int, timeout: Optional[float]) -> bool:
-        poller = select.poll()
-        poller.register(fd, event)
-        millis = None if timeout is None else max(0, math.ceil(timeout * 1000))
-        return bool(poller.poll(millis))
-
-    def _read(self, fd: int, nbytes: int) -> bytes:
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
-        while True:
-            try:
-                return os.read(fd, nbytes)
-            except BlockingIOError:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise socket.timeout() from None
-                self._wait(fd, select.POLLIN, remaining)
-
-    def recv(self, nbytes: int, /) -> bytes:
-        if self._pending:
-            data, self._pending = self._pending[:nbytes], self._pending[nbytes:]
-            return data
-        if self._closed or self.eof_received:
-            return b""
-        data = self._read(self._out, nbytes)
-        if not data:
-            self.eof_received = True
-        return data
-
-    def recv_stderr(self, nbytes: int, /) -> bytes:
-        if self._err_pending:
-            data, self._err_pending = self._err_pending[:nbytes], self._err_pending[nbytes:]
-            return data
-        if self._closed or self._err_eof:
-            return b""
-        data = self._read(self._err, nbytes)
-        if not data:
-            self._err_eof = True
-        return data
-
-    def _peek(self, fd: int) -> Optional[bytes]:
-        """Non-blocking read: bytes, b"" at EOF, None when nothing is there."""
-        try:
-            return os.read(fd, 65536)
-        except BlockingIOError:
-            return None
-
-    def recv_ready(self) -> bool:
-        if not self._pending and not (self._closed or self.eof_received):
-            data = self._peek(self._out)
-            if data == b"":
-                self.eof_received = True
-            elif data:
-                self._pending = data
-        return bool(self._pending)
-
-    def recv_stderr_ready(self) -> bool:
-        if not self._err_pending and not (self._closed or self._err_eof):
-            data = self._peek(self._err)
-            if data == b"":
-                self._err_eof = True
-            elif data:
-                self._err_pending = data
-        return bool(self._err_pending)
-
-    def send(self, s: bytes | memoryview, /) -> int:
-        if self._closed or self.eof_sent:
-            raise OSError("Socket is closed")
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
-        while True:
-            try:
-                return os.write(self._in, s)
-            except BlockingIOError:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise socket.timeout() from None
-                self._wait(self._in, select.POLLOUT, remaining)
-
-    def sendall(self, s: bytes, /) -> None:
-        view = memoryview(s)
-        while view:
-            view = view[self.send(view) :]
-
-    def shutdown_write(self) -> None:
-        """EOF to the remote command's stdin."""
-        with self._lock:
-            if not self.eof_sent and not self._closed:
-                self.eof_sent = True
-                self._files[0].close()
-
-    def exit_status_ready(self) -> bool:
-        return self._proc.poll() is not None
-
-    def recv_exit_status(self) -> int:
-        """Blocks until the command ends, like paramiko's."""
-        status = self._proc.wait()
-        return status if status >= 0 else -1
-
-    def resize_pty(self, width: int = 80, height: int = 24, width_pixels: int = 0, height_pixels: int = 0) -> None:
-        raise NotImplementedError("the OpenSSH transport sets the pty size only when the command starts")
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self.eof_sent = True
-        with contextlib.suppress(OSError):
-            self._files[0].close()
-        try:
-            # A finished command needs no signal; a running one gets a moment to see EOF on stdin first.
-            _reap(self._proc, 0.0 if self._proc.poll() is not None else min(0.2, self._close_timeout))
-        finally:
-            for f in self._files[1:]:
-                with contextlib.suppress(OSError):
-                    f.close()
-            if self._on_close is not None:
-                self._on_close(self)
 
 
 # --- connection ------------------------------------------------------------------------------------------

@@ -16,17 +16,17 @@ import pytest
 from sshfleet._options import HostSpec, SshOptions, Timeouts
 from sshfleet._ssh import resolve
 from sshfleet._ssh._config import ResolvedHost
-from sshfleet._ssh._openssh import (
-    PipeChannel,
+from sshfleet._ssh._openssh import sweep_stale
+from sshfleet._ssh._openssh_args import (
     exec_argv,
     forward_spec,
     master_argv,
     mux_argv,
     proxy_command,
     ssh_message,
-    sweep_stale,
     translate_failure,
 )
+from sshfleet._ssh._pipe_channel import PipeChannel
 from sshfleet.errors import AuthenticationError, ConnectError, ConnectTimeout, HostKeyError
 
 needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="the OpenSSH client is not installed")
