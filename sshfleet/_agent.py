@@ -7,20 +7,16 @@ A host that fails at any step is an outcome in every later Responses, never an e
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import difflib
 import logging
-import queue
 import secrets
 import socket
-import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
@@ -28,15 +24,16 @@ import grpc
 import grpc.aio
 
 from sshfleet import _payload, _session, _ssh
-from sshfleet._bootstrap import ServicerProcess, start_servicer
+from sshfleet._bootstrap import start_servicer
 from sshfleet._hub import Hub, Tunnel
+from sshfleet._lifelines import HEARTBEAT, HostAgent, Lifelines
 from sshfleet._messages import build_request
 from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, Timeouts, Transport
 from sshfleet._responses import Outcome, Responses
+from sshfleet._streams import StreamCall
 from sshfleet.errors import (
     CallError,
     CallTimeout,
-    ChannelError,
     HostError,
     SshFleetError,
     UsageError,
@@ -46,7 +43,6 @@ log = logging.getLogger(__name__)
 
 TOKEN_KEY = "x-sshfleet-token"
 TRACEBACK_KEY = "x-sshfleet-traceback-bin"
-HEARTBEAT = 5.0
 _CHANNEL_OPTIONS = [
     # Each host has its own servicer: C-core's retry buffering and BDP pings are only per-call cost here.
     ("grpc.enable_retries", 0),
@@ -61,21 +57,6 @@ HostsArg = Union[str, HostSpec, Iterable[Union[str, HostSpec]]]
 
 class AgentException(SshFleetError):
     """Base of the ``XAgentException`` class that every generated agent module defines."""
-
-
-@dataclass
-class _HostAgent:
-    """This agent's state on one host: the servicer, its tunnel and gRPC channel, or why there is none."""
-
-    host: str
-    session: Optional[_session.HostSession] = None
-    process: Optional[ServicerProcess] = None
-    tunnel: Optional[Tunnel] = None
-    native_forward: Optional[str] = None  # the OpenSSH transport forwards a Unix socket itself
-    channel: Optional[grpc.aio.Channel] = None
-    metadata: tuple[tuple[str, str], ...] = ()
-    error: Optional[HostError] = None
-    methods: dict[str, Any] = field(default_factory=dict)
 
 
 def _to_specs(hosts: HostsArg) -> list[HostSpec]:
@@ -152,7 +133,7 @@ class Agent:
         self._liveness = float(liveness)
         self._log_level = log_level
         self._hub = Hub.get()
-        self._hosts: dict[str, _HostAgent] = {spec.name: _HostAgent(spec.name) for spec in self._specs}
+        self._hosts: dict[str, HostAgent] = {spec.name: HostAgent(spec.name) for spec in self._specs}
         self._closed = False
         _live_agents.add(self)
         self.started = self._start()
@@ -284,7 +265,7 @@ class Agent:
 
         return message_factory.GetMessageClass(descriptor)
 
-    def _multicallable(self, state: _HostAgent, method: Any) -> Any:
+    def _multicallable(self, state: HostAgent, method: Any) -> Any:
         mc = state.methods.get(method.name)
         if mc is None:
             assert state.channel is not None
@@ -340,7 +321,7 @@ class Agent:
                 outcomes[state.host] = self._rpc_error(state, method.name, exc)
         return outcomes
 
-    def _rpc_error(self, state: _HostAgent, method: str, exc: grpc.aio.AioRpcError) -> HostError:
+    def _rpc_error(self, state: HostAgent, method: str, exc: grpc.aio.AioRpcError) -> HostError:
         if state.error is not None:  # the servicer's lifeline broke meanwhile: that is the real reason
             return state.error
         code = exc.code()
@@ -387,7 +368,7 @@ class Agent:
             if request is not None and not isinstance(request, Mapping):
                 raise UsageError(f"{name} takes one request: pass its fields as a dict")
             single = self._request(method, request or {})
-        return _StreamCall(self, method, single, requests, deadline)
+        return StreamCall(self, method, single, requests, deadline)
 
     # --- lifetime ---------------------------------------------------------------------------------------
 
@@ -412,7 +393,7 @@ class Agent:
         if self._closed:
             raise UsageError(f"{type(self).__name__} is closed")
 
-    def _teardown_host(self, state: _HostAgent, stop_deadline: Optional[float] = None) -> None:
+    def _teardown_host(self, state: HostAgent, stop_deadline: Optional[float] = None) -> None:
         _lifelines.forget(state)
         if state.channel is not None:
             channel, state.channel = state.channel, None
@@ -476,166 +457,7 @@ class Agent:
         return f"<{type(self).__name__} {state}>"
 
 
-class _StreamCall(Iterator[tuple[str, Outcome]]):
-    """Merges the streams of all hosts into one iterator; the pumping runs on the hub loop."""
-
-    _DONE = object()
-
-    def __init__(self, agent: Agent, method: Any, request: Any, requests: Optional[Iterable[Any]], deadline: float):
-        self.agent = agent
-        self.queue: queue.Queue[Any] = queue.Queue()
-        self.pending = 0
-        states = list(agent._hosts.values())
-        self.pending = len(states)
-        self.request_cls = agent._pb2_message(method.input_type)
-        self.future = asyncio.run_coroutine_threadsafe(
-            self._run(method, request, requests, deadline, states), agent._hub.loop
-        )
-        self.deadline = time.monotonic() + deadline + 30
-
-    async def _run(
-        self,
-        method: Any,
-        request: Any,
-        requests: Optional[Iterable[Any]],
-        deadline: float,
-        states: list[_HostAgent],
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        feeds: list[asyncio.Queue[Any]] = []
-        if requests is not None:
-            feeds = [asyncio.Queue() for _ in states]
-
-            def read_requests() -> None:
-                try:
-                    for item in requests:
-                        msg = (
-                            item
-                            if hasattr(item, "DESCRIPTOR")
-                            else build_request(self.request_cls, item, method=method.name)
-                        )
-                        for feed in feeds:
-                            loop.call_soon_threadsafe(feed.put_nowait, msg)
-                finally:
-                    for feed in feeds:
-                        loop.call_soon_threadsafe(feed.put_nowait, self._DONE)
-
-            threading.Thread(target=read_requests, name="sshfleet-requests", daemon=True).start()
-
-        async def feed_iter(feed: asyncio.Queue[Any]) -> Any:
-            while (item := await feed.get()) is not self._DONE:
-                yield item
-
-        async def one(index: int, state: _HostAgent) -> None:
-            try:
-                if state.error is not None:
-                    self.queue.put((state.host, state.error))
-                    return
-                mc = self.agent._multicallable(state, method)
-                arg = feed_iter(feeds[index]) if feeds else request
-                call = mc(arg, timeout=deadline, metadata=state.metadata)
-                if method.server_streaming:
-                    async for reply in call:
-                        self.queue.put((state.host, reply))
-                else:
-                    self.queue.put((state.host, await call))
-            except grpc.aio.AioRpcError as exc:
-                self.queue.put((state.host, self.agent._rpc_error(state, method.name, exc)))
-            finally:
-                self.queue.put(self._DONE)
-
-        await asyncio.gather(*(one(i, s) for i, s in enumerate(states)))
-
-    def __next__(self) -> tuple[str, Outcome]:
-        while self.pending:
-            remaining = self.deadline - time.monotonic()
-            try:
-                item = self.queue.get(timeout=max(remaining, 0.001))
-            except queue.Empty:
-                self.future.cancel()
-                raise CallTimeout("*", "stream", "DEADLINE_EXCEEDED", "the stream outlived its deadline") from None
-            if item is self._DONE:
-                self.pending -= 1
-                continue
-            return item  # type: ignore[no-any-return]
-        raise StopIteration
-
-    def cancel(self) -> None:
-        self.agent._hub.loop.call_soon_threadsafe(self.future.cancel)
-
-
-class _Lifelines:
-    """Watches every servicer's bootstrap channel on the hub loop: drains it, sends heartbeats, notices EOF."""
-
-    def __init__(self) -> None:
-        self.states: dict[int, _HostAgent] = {}
-        self.task: Optional[asyncio.Task[None]] = None
-
-    def watch(self, hub: Hub, state: _HostAgent) -> None:
-        def register() -> None:
-            assert state.process is not None
-            chan = state.process.channel
-            chan.settimeout(0.0)
-            self.states[id(state)] = state
-            hub.loop.add_reader(chan.fileno(), self._drain, hub, state)
-            stderr_fileno = getattr(chan, "stderr_fileno", None)  # pipe channels have a separate stderr
-            if stderr_fileno is not None:
-                hub.loop.add_reader(stderr_fileno(), self._drain, hub, state)
-            if self.task is None:
-                self.task = hub.loop.create_task(self._beat())
-
-        hub.call(register)
-
-    def forget(self, state: _HostAgent) -> None:
-        process = state.process
-        if self.states.pop(id(state), None) is not None and process is not None:
-            hub = Hub.get()
-            with contextlib.suppress(Exception):
-                hub.call(lambda: self._unwatch(hub, process.channel), timeout=2)
-
-    @staticmethod
-    def _unwatch(hub: Hub, chan: Any) -> None:
-        hub.loop.remove_reader(chan.fileno())
-        stderr_fileno = getattr(chan, "stderr_fileno", None)
-        if stderr_fileno is not None:
-            hub.loop.remove_reader(stderr_fileno())
-
-    def _drain(self, hub: Hub, state: _HostAgent) -> None:
-        process = state.process
-        if process is None:
-            return
-        chan = process.channel
-        eof = False
-        with contextlib.suppress(socket.timeout):
-            while chan.recv_stderr_ready():
-                process.remember_stderr(chan.recv_stderr(65536))
-            while True:
-                data = chan.recv(65536)
-                if not data:
-                    eof = True
-                    break
-        if eof or chan.closed:
-            self._unwatch(hub, chan)
-            self.states.pop(id(state), None)
-            if state.error is None:
-                tail = bytes(process.stderr_tail[-2000:]).decode("utf-8", "replace").strip()
-                state.error = ChannelError(
-                    state.host,
-                    "the servicer's SSH channel closed (servicer exited or connection lost)"
-                    + (f": {tail}" if tail else ""),
-                )
-                log.warning("[host=%s] %s", state.host, state.error.message)
-
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT)
-            for state in list(self.states.values()):
-                if state.process is not None:
-                    with contextlib.suppress(Exception):
-                        state.process.channel.send(b"\n")
-
-
-_lifelines = _Lifelines()
+_lifelines = Lifelines()
 _bundle_cache: dict[tuple[type, Optional[Path]], _payload.Bundle] = {}
 _live_agents: weakref.WeakSet[Agent] = weakref.WeakSet()
 

@@ -132,7 +132,7 @@ def install_bundle(cache, meta, stream):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-class LazyGrpcAio(object):
+class LazyGrpcAio:
     """`import grpc` also imports grpc.aio (asyncio, typing_extensions: ~40 ms of a ~150 ms start on a host).
     The servicer runtime never uses it, so it is loaded lazily: on first attribute access, if a servicer does."""
 
