@@ -78,7 +78,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         stream_reps=2 if quick else 7,
         scale_hosts=args.scale_hosts,
         scale_calls=100 if quick else 1000,
-        scale_tools=["sshfleet"] if quick else ["sshfleet", "mitogen"],
+        scale_tools=["sshfleet"] if quick else ["sshfleet", "sshfleet-openssh", "mitogen"],
         tools=tools,
         phases=wanted_phases,
     )

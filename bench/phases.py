@@ -18,9 +18,11 @@ from bench import _fleet, _proc
 from bench._workers import Worker, WorkerError
 from sshfleet.testbed import Testbed
 
-COLD_TOOLS = ["sshfleet", "sshfleet-empty-cache", "fabric", "parallel-ssh", "asyncssh", "mitogen", "ansible"]
-WARM_TOOLS = ["sshfleet", "mitogen", "fabric", "parallel-ssh", "asyncssh"]
-STREAM_TOOLS = ["sshfleet", "paramiko", "paramiko-seam", "openssh"]
+COLD_TOOLS = [
+    "sshfleet", "sshfleet-empty-cache", "sshfleet-openssh", "fabric", "parallel-ssh", "asyncssh", "mitogen", "ansible",
+]  # fmt: skip
+WARM_TOOLS = ["sshfleet", "sshfleet-openssh", "mitogen", "fabric", "parallel-ssh", "asyncssh"]
+STREAM_TOOLS = ["sshfleet", "sshfleet-openssh", "paramiko", "paramiko-seam", "openssh"]
 ALL_TOOLS = sorted(set(COLD_TOOLS + WARM_TOOLS + STREAM_TOOLS) - {"sshfleet-empty-cache"})
 
 
@@ -53,7 +55,7 @@ class Run:
     extra_beds: list[Testbed] = field(default_factory=list)
 
     def worker(self, tool: str) -> Worker:
-        base = "sshfleet" if tool.startswith("sshfleet") else tool
+        base = "sshfleet" if tool == "sshfleet-empty-cache" else tool
         if base not in self.workers:
             self.workers[base] = Worker(base, self.env, self.log_dir)
         return self.workers[base]
@@ -147,7 +149,7 @@ def warm(run: Run, k: int, tools: list[str], rounds: int, key: Optional[str] = N
             entry["probe_before_open"] = worker.request("probe", timeout=30)
             entry["open_seconds"] = worker.request("open", n=k, warmup=5, timeout=120 + 2 * k)["seconds"]
             entry["info"] = worker.request("info", timeout=30)["info"]
-            if tool == "sshfleet":
+            if tool.startswith("sshfleet"):
                 entry["servicers"] = _servicers(worker)
             entry["probe_before"] = worker.request("probe", timeout=30)
         except WorkerError as exc:
@@ -196,7 +198,7 @@ def warm(run: Run, k: int, tools: list[str], rounds: int, key: Optional[str] = N
         entry["times"] = [round(t, 6) for t in times]
         if times:
             run.say(
-                f"warm: {tool:<13} {k:>3} hosts  median {entry['round_ms']['median']:7.2f} ms  "
+                f"warm: {tool:<16} {k:>3} hosts  median {entry['round_ms']['median']:7.2f} ms  "
                 f"p99 {entry['round_ms']['p99']:7.2f} ms  cpu {entry['cpu_us_per_call']:7.0f} µs/call"
             )
     return out
@@ -258,7 +260,7 @@ def stream(run: Run) -> None:
             cpu_per_gb = (reply["cpu"] + reply["children_cpu"]) / reply["bytes"] * 1e9
             out[tool]["runs"].append(mbps)
             out[tool].setdefault("cpu_s_per_gb_runs", []).append(cpu_per_gb)
-            run.say(f"stream: {tool:<14} {mbps:8.1f} MB/s  controller CPU {cpu_per_gb:5.2f} s/GB")
+            run.say(f"stream: {tool:<16} {mbps:8.1f} MB/s  controller CPU {cpu_per_gb:5.2f} s/GB")
     for tool in tools:
         _close(run.worker(tool), out[tool])
         out[tool]["mb_per_s"] = _summary(out[tool]["runs"])

@@ -175,6 +175,20 @@ class Sshfleet(Tool):
         return total
 
 
+class SshfleetOpenssh(Sshfleet):
+    """The same agent over sshfleet's OpenSSH transport (``transport="openssh"``: a ControlMaster per host
+    forwards a Unix socket, so no Python sits in the RPC data path)."""
+
+    name = "sshfleet-openssh"
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(env)
+        self.options = self.options.replace(transport="openssh")
+
+    def info(self) -> dict[str, Any]:
+        return {"cipher": "chacha20-poly1305@openssh.com (OpenSSH's default)", "transport": "openssh"}
+
+
 # --------------------------------------------------------------------------------------------- Fabric
 
 
@@ -672,5 +686,17 @@ class OpenSsh(Tool):
 
 
 TOOLS: dict[str, type[Tool]] = {
-    t.name: t for t in (Sshfleet, Fabric, ParallelSsh, AsyncSsh, Mitogen, Ansible, Paramiko, ParamikoSeam, OpenSsh)
+    t.name: t
+    for t in (
+        Sshfleet,
+        SshfleetOpenssh,
+        Fabric,
+        ParallelSsh,
+        AsyncSsh,
+        Mitogen,
+        Ansible,
+        Paramiko,
+        ParamikoSeam,
+        OpenSsh,
+    )
 }
