@@ -213,7 +213,7 @@ def serve(config, facts, session_dir, stdin, emit):
                 ("grpc.max_receive_message_length", 256 << 20),
                 ("grpc.max_send_message_length", 256 << 20),
                 ("grpc.so_reuseport", 0),
-                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", 4 << 20),
             ],
         )
         for name in config["servicers"]:
