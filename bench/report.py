@@ -412,7 +412,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ys = [_get(warm, k, t, "cpu_us_per_call") or 0 for t in tools]
             ax.bar([j + i * width for j in range(len(tools))], ys, width, label=f"{k} hosts")
         ax.set_xticks([j + width * (len(keys) - 1) / 2 for j in range(len(tools))])
-        ax.set_xticklabels([LABELS.get(t, t).split(",")[0] for t in tools], rotation=15)
+        ax.set_xticklabels([LABELS.get(t, t).replace(", ", "\n").replace(" ", "\n", 1) for t in tools], fontsize=8)
         ax.set_yscale("log")
         ax.set(title="Controller CPU per host-call (incl. ssh children)", ylabel="µs (log)")
         ax.legend(fontsize=8)
