@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from sshfleet._cli import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
-from sshfleet._options import SshOptions, Timeouts
+from sshfleet._cli._common import add_connection_options, options_from_args
 from sshfleet.errors import ConnectError, HostError, UsageError
 
 LABELS = {
@@ -41,39 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("-i", "--inventory", required=True, metavar="INVENTORY", help="inventory file")
     parser.add_argument("pattern", nargs="?", default=None, metavar="PATTERN", help="group or host pattern")
     parser.add_argument("--json", action="store_true", help="print one JSON object {host: result}")
-    parser.add_argument(
-        "-F", "--ssh-config", metavar="FILE", default=None, help="ssh_config file (default: ~/.ssh/config)"
-    )
-    parser.add_argument(
-        "--known-hosts", metavar="FILE", default=None, help="known_hosts file (default: as ssh_config says)"
-    )
-    parser.add_argument(
-        "--accept-new", action="store_true", help="trust and record keys of hosts not yet in known_hosts"
-    )
-    parser.add_argument("-u", "--user", metavar="USER", default=None, help="login user for every host")
-    parser.add_argument("--forks", type=_positive_int, default=64, metavar="N", help="connects in flight (default 64)")
-    parser.add_argument(
-        "--timeout",
-        type=_positive_float,
-        default=None,
-        metavar="SECONDS",
-        help="deadline of each connect phase: TCP, then SSH handshake + auth (default 10 and 20)",
-    )
+    add_connection_options(parser, timeout_flag="--timeout", forks_help="connects in flight (default 64)")
     parser.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
 
 
 @dataclass
@@ -85,17 +54,6 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "message": self.message, "phase": self.phase, "seconds": self.seconds}
-
-
-def options_from_args(args: argparse.Namespace) -> SshOptions:
-    changes: dict[str, Any] = {"forks": args.forks, "user": args.user, "known_hosts": args.known_hosts}
-    if args.ssh_config is not None:
-        changes["ssh_config"] = args.ssh_config
-    if args.accept_new:
-        changes["host_key_policy"] = "accept-new"
-    if args.timeout is not None:
-        changes["timeouts"] = Timeouts(connect=args.timeout, auth=args.timeout)
-    return SshOptions().replace(**changes)
 
 
 def ping(args: argparse.Namespace) -> dict[str, Result]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from sshfleet._cli import EXIT_USAGE
+from sshfleet._cli._common import add_connection_options, options_from_args, positive_float
 from sshfleet._cli._output import (
     STDERR,
     STDOUT,
@@ -31,7 +32,7 @@ from sshfleet._cli._output import (
     summary_lines,
     to_json,
 )
-from sshfleet._options import HostSpec, SshOptions, Timeouts
+from sshfleet._options import HostSpec
 from sshfleet.errors import UsageError
 
 # The exec agent lives in the top-level `agents` package (generated code, outside the strictly typed
@@ -120,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     what.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         metavar="SECONDS",
         help="kill the command (SIGTERM, SIGKILL 2 s later) if it runs longer; it then counts as failed",
     )
@@ -144,35 +145,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(none for hosts that could not be reached)",
     )
     ssh = parser.add_argument_group("connection")
-    ssh.add_argument("-F", "--ssh-config", metavar="FILE", help="ssh_config file (default: ~/.ssh/config)")
-    ssh.add_argument("--known-hosts", metavar="FILE", help="known_hosts file (default: as ssh_config says)")
-    ssh.add_argument("--accept-new", action="store_true", help="trust and record keys of hosts not yet in known_hosts")
-    ssh.add_argument("-u", "--user", metavar="USER", help="login user for every host")
-    ssh.add_argument(
-        "--forks", type=_positive_int, default=64, metavar="N", help="hosts connecting at once (default 64)"
-    )
-    ssh.add_argument(
-        "--connect-timeout",
-        type=_positive_float,
-        metavar="SECONDS",
-        help="deadline of each connect phase: TCP, then SSH handshake + auth (default 10 and 20)",
+    add_connection_options(
+        ssh, timeout_flag="--connect-timeout", forks_help="hosts connecting at once (default 64)", transport=True
     )
     ssh.add_argument("--python", metavar="PATH", help="python3 on the hosts (default: the inventory's, or python3)")
     parser.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
 
 
 def split_hosts(text: str) -> list[str]:
@@ -206,17 +183,6 @@ def select_hosts(args: argparse.Namespace) -> list[HostSpec]:
         where = f" matching {args.pattern!r}" if args.pattern else ""
         raise UsageError(f"no hosts{where} in {args.inventory or args.hosts}")
     return specs
-
-
-def options_from_args(args: argparse.Namespace) -> SshOptions:
-    changes: dict[str, Any] = {"forks": args.forks, "user": args.user, "known_hosts": args.known_hosts}
-    if args.ssh_config is not None:
-        changes["ssh_config"] = args.ssh_config
-    if args.accept_new:
-        changes["host_key_policy"] = "accept-new"
-    if args.connect_timeout is not None:
-        changes["timeouts"] = Timeouts(connect=args.connect_timeout, auth=args.connect_timeout)
-    return SshOptions().replace(**changes)
 
 
 def check_command(args: argparse.Namespace) -> None:

@@ -333,3 +333,10 @@ def test_second_ctrl_c_aborts_when_the_commands_ignore_the_first(testbed):
         proc.wait()
     assert proc.returncode == EXIT_INTERRUPTED, err
     assert b"sshfleet: aborted" in err and b"node[01-02]: interrupted (no exit status)" in err
+
+
+def test_openssh_transport(testbed, capsys):
+    """--transport openssh: the same run over the ssh binary (ControlMaster per host)."""
+    code, out, err = run(capsys, *bed_args(testbed, "--transport", "openssh"), "--", "printf", "%s\n", "a b")
+    assert code == EXIT_OK, err
+    assert sorted(out.splitlines()) == sorted(f"{h}: a b" for h in names(testbed))
