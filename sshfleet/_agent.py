@@ -450,7 +450,9 @@ class Agent:
         self.close()
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
+        # Garbage collection may run on the hub thread, where close() would wait on the loop it blocks:
+        # leave that case to the atexit handler.
+        if not getattr(self, "_closed", True) and not self._hub.in_loop():
             with contextlib.suppress(Exception):
                 self.close()
 
