@@ -336,3 +336,37 @@ def test_openssh_transport_controller_sigkill_leaves_nothing(fresh_testbed):
                 proc.kill()
     # The ssh master and its clients were in their own sessions: they see their peer die and exit too.
     assert bed.wait_clean(15) == {}
+
+
+def test_from_inventory_with_a_pattern(testbed):
+    """XAgent.from_inventory(path, pattern): the inventory's hosts (and ansible_host) through ssh_config."""
+    agent = SysinfoAgent.from_inventory(
+        str(testbed.inventory), "odd:!node01", ssh_options=testbed.ssh_options(), timeouts=Timeouts(call=30)
+    )
+    with agent:
+        expected = [h for h in names(testbed)[2::2]]  # node03, node05, node07
+        assert agent.hosts == expected
+        replies = agent.Uname()
+        assert replies.success(), replies.status()
+        assert [r.nodename for r in replies.values()] == expected
+
+
+def test_load_agent_from_a_proto_runs_its_template_servicer(testbed, tmp_path):
+    """sshfleet.load_agent(proto): no generated files in the tree; the servicer template answers on the hosts."""
+    import sshfleet
+
+    proto = tmp_path / "probe_agent.proto"
+    proto.write_text(
+        'syntax = "proto3";\npackage probe;\n'
+        "service ProbeAgent { rpc Ping(PingArgs) returns (Response) {} }\n"
+        "message PingArgs { string word = 1; }\nmessage Response { bool success = 1; string comment = 2; }\n"
+    )
+    agent_class = sshfleet.load_agent(str(proto))
+    assert list(tmp_path.iterdir()) == [proto]  # nothing written beside the proto
+    hosts = names(testbed)[:2]
+    with agent_class(hosts, ssh_options=testbed.ssh_options()) as agent:
+        replies = agent.Ping(word="hi")
+        assert set(replies) == set(hosts) and not replies.errors, replies.status()
+        assert all(not r.success and r.comment == "Not implemented." for r in replies.values())
+        with pytest.raises(UsageError, match="wrd"):
+            agent.call("Ping", wrd="hi")
