@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 from sshfleet import _payload
 from sshfleet._ssh import Channel, OpenSshConnection, SshConnection
@@ -117,7 +117,6 @@ def start_servicer(
     agent: _payload.Bundle,
     config: Mapping[str, Any],
     timeout: float,
-    on_progress: Optional[Callable[[str], None]] = None,
 ) -> ServicerProcess:
     """Probe, ship what the host lacks, start the servicer; return once it listens.
 
@@ -167,7 +166,7 @@ def start_servicer(
                 # The reader leaves a short poll timeout on the channel; sending a bundle may wait on the
                 # host's window for longer, so it gets what is left of the whole deadline.
                 chan.settimeout(max(reader.deadline - time.monotonic(), 0.001))
-                _ship(conn, chan, payload, agent, stats, on_progress)
+                _ship(conn, chan, payload, agent, stats)
     except socket.timeout:
         chan.close()
         raise BootstrapError(host, f"the servicer did not start within {timeout:g}s", log_tail=reader.tail()) from None
@@ -185,7 +184,6 @@ def _ship(
     need: Mapping[str, Any],
     agent: _payload.Bundle,
     stats: BootstrapStats,
-    on_progress: Optional[Callable[[str], None]],
 ) -> None:
     facts = need["facts"]
     for name in need["missing"]:
@@ -198,8 +196,6 @@ def _ship(
                 message = f"cannot serve Python {facts['python']} ({facts['executable']}): {exc}"
                 chan.sendall(json.dumps({"error": message, "kind": "no_python"}).encode() + b"\n")
                 raise RemotePythonError(conn.host, message) from exc
-        if on_progress:
-            on_progress(f"shipping {name} bundle ({bundle.size / 1e6:.1f} MB)")
         log.info("[host=%s] shipping %s bundle %s (%d bytes)", conn.host, name, bundle.hash[:12], bundle.size)
         chan.sendall(bundle.header())
         chan.sendall(bundle.data)

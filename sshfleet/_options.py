@@ -10,7 +10,7 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 from sshfleet.errors import InventoryError, UsageError
 
@@ -60,10 +60,6 @@ class HostSpec:
     identity_file: Optional[str] = None
     python: Optional[str] = None
     vars: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
-
-    def with_overrides(self, **changes: Any) -> HostSpec:
-        """A copy with the non-None ``changes`` applied (explicit arguments beat the inventory)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 _HOST_RE = re.compile(
