@@ -24,6 +24,7 @@ from sshfleet._options import HostSpec, SshOptions, Timeouts
 from sshfleet._ssh import OpenSshConnection, PipeChannel, connect_openssh
 from sshfleet._ssh._openssh import sweep_stale
 from sshfleet.errors import AuthenticationError, ChannelError, ConnectError, ConnectTimeout, HostKeyError
+from tests.testbed.helpers import direct, new_key
 
 MARGIN = 15.0
 
@@ -103,25 +104,6 @@ def run(conn: OpenSshConnection, command: str) -> tuple[int, str, str]:
         return status, out, err.decode()
     finally:
         channel.close()
-
-
-def direct(bed, name: str = "node01", **changes) -> tuple[HostSpec, SshOptions]:
-    """Spec and options for ``name`` that skip the testbed's ssh_config."""
-    spec = HostSpec(name, hostname=bed.host(name).address, user="root")
-    options = SshOptions(
-        ssh_config=None,
-        known_hosts=str(bed.known_hosts),
-        identity_files=(str(bed.client_key),),
-        allow_agent=False,
-        look_for_keys=False,
-    )
-    return spec, options.replace(**changes)
-
-
-def new_key(tmp_path, name: str = "other_key") -> str:
-    path = tmp_path / name
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30)
-    return str(path)
 
 
 # --- connect, exec, close --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from sshfleet.errors import (
     ConnectTimeout,
     HostKeyError,
 )
+from tests.testbed.helpers import direct, new_key
 
 MARGIN = 15.0  # slack on every "ends within its bound" check: CI machines are slow, never flaky
 
@@ -44,25 +45,6 @@ def run(conn: SshConnection, command: str) -> tuple[int, str]:
         return channel.recv_exit_status(), out
     finally:
         channel.close()
-
-
-def direct(bed, name: str = "node01", **changes) -> tuple[HostSpec, SshOptions]:
-    """Spec and options for ``name`` that skip the testbed's ssh_config (and so its IdentityFile)."""
-    spec = HostSpec(name, hostname=bed.host(name).address, user="root")
-    options = SshOptions(
-        ssh_config=None,
-        known_hosts=str(bed.known_hosts),
-        identity_files=(str(bed.client_key),),
-        allow_agent=False,
-        look_for_keys=False,
-    )
-    return spec, options.replace(**changes)
-
-
-def new_key(tmp_path, name: str = "other_key") -> str:
-    path = tmp_path / name
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30)
-    return str(path)
 
 
 # --- connect, exec, forward, close -----------------------------------------------------------------------
