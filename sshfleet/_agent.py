@@ -180,6 +180,7 @@ class Agent:
         """Connect and bootstrap every host in parallel (at most ``forks`` at once)."""
         if _payload.local_tag() not in _payload.known_deps():
             _payload.prepare_local_deps()
+        self._deps_index = _payload.known_deps()  # read once for all hosts, not once per host
         workers = min(self.options.forks, len(self._specs))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sshfleet-start") as pool:
             outcomes = list(pool.map(self._start_host, self._specs))
@@ -202,7 +203,12 @@ class Agent:
             }
             python = self._python or spec.python or "python3"
             process = start_servicer(
-                conn, python=python, agent=self._bundle, config=config, timeout=self.timeouts.bootstrap
+                conn,
+                python=python,
+                agent=self._bundle,
+                deps=self._deps_index,
+                config=config,
+                timeout=self.timeouts.bootstrap,
             )
             state.process = process
             state.metadata = ((TOKEN_KEY, secret),)

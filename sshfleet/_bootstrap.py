@@ -115,10 +115,14 @@ def start_servicer(
     *,
     python: str,
     agent: _payload.Bundle,
+    deps: Mapping[str, str],
     config: Mapping[str, Any],
     timeout: float,
 ) -> ServicerProcess:
     """Probe, ship what the host lacks, start the servicer; return once it listens.
+
+    ``deps`` maps host tags to the deps bundles the controller already has (``_payload.known_deps()``, read once
+    per fleet start): a host holding the one for its tag starts without asking.
 
     Raises BootstrapError (or RemotePythonError / PayloadError / ChannelError) naming the host, with the remote
     output in ``log_tail``; the channel is closed on every failure.
@@ -131,7 +135,7 @@ def start_servicer(
     reader = _LineReader(host, chan, started + timeout)
     try:
         code = _payload.bootstrap_source()
-        full_config = {**config, "agent": agent.hash, "deps": _payload.known_deps()}
+        full_config = {**config, "agent": agent.hash, "deps": dict(deps)}
         head = str(len(code)).encode() + b"\n" + code + json.dumps(full_config).encode() + b"\n"
         chan.settimeout(timeout)
         chan.sendall(head)

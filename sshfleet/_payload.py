@@ -90,6 +90,7 @@ def agent_bundle(files: Mapping[str, Path]) -> Bundle:
     return _bundle("agent", make_tarball(contents))
 
 
+@functools.lru_cache(maxsize=1)
 def bootstrap_source() -> bytes:
     return (RUNTIME_DIR / "bootstrap.py").read_bytes()
 
