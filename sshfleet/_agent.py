@@ -7,6 +7,7 @@ A host that fails at any step is an outcome in every later Responses, never an e
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import difflib
@@ -25,6 +26,7 @@ import grpc.aio
 
 from sshfleet import _payload, _session, _ssh
 from sshfleet._bootstrap import start_servicer
+from sshfleet._calls import CallFailed, CallStreams
 from sshfleet._hub import Hub, Tunnel
 from sshfleet._lifelines import HEARTBEAT, HostAgent, Lifelines
 from sshfleet._messages import build_request
@@ -218,7 +220,7 @@ class Agent:
             else:
                 state.tunnel = Tunnel(self._hub, conn, process.port, open_timeout=self.timeouts.connect)
                 target = state.tunnel.target
-            state.channel = self._hub.call(lambda: grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS))
+            state.channel, state.calls = self._hub.call(lambda: _open_channel(target, state.metadata))
             _lifelines.watch(self._hub, state)
             hlog.info(
                 "servicer %s started (pid %d, port %d, python %s, shipped %s) in %.2fs",
@@ -310,36 +312,55 @@ class Agent:
         return Responses(name, outcomes)
 
     async def _fanout(self, method: Any, request: Any, deadline: float) -> dict[str, Outcome]:
-        # Every call is under way once created; awaiting them in turn then costs no extra task per host
-        # (this is the hot path of every fan-out).
-        calls = [
-            None
-            if s.error is not None
-            else self._multicallable(s, method)(request, timeout=deadline, metadata=s.metadata)
-            for s in self._hosts.values()
-        ]
-        outcomes: dict[str, Outcome] = {}
-        for state, call in zip(self._hosts.values(), calls):
-            if call is None:
-                outcomes[state.host] = state.error
-                continue
+        # The hot path of every fan-out: the request is serialized once for all hosts, and each host's call
+        # is one frame each way on one of its idle call streams (sshfleet/_calls.py).
+        path = f"/{self._service.full_name}/{method.name}".encode()
+        payload = request.SerializeToString()
+        reply_cls = self._pb2_message(method.output_type)
+        states = list(self._hosts.values())
+        live = [s for s in states if s.error is None and s.calls is not None]
+        results: list[Any]
+        if len(live) == 1:  # no task needed for one host
             try:
-                outcomes[state.host] = await call
-            except grpc.aio.AioRpcError as exc:
-                outcomes[state.host] = self._rpc_error(state, method.name, exc)
-        return outcomes
+                results = [await live[0].calls.call(path, payload, deadline)]  # type: ignore[union-attr]
+            except Exception as exc:
+                results = [exc]
+        else:
+            calls = (s.calls.call(path, payload, deadline) for s in live)  # type: ignore[union-attr]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        outcomes: dict[str, Outcome] = {
+            s.host: s.error or HostError(s.host, "no servicer") for s in states if s not in live
+        }
+        for state, result in zip(live, results):
+            if isinstance(result, bytes):
+                outcomes[state.host] = reply_cls.FromString(result)
+            elif isinstance(result, CallFailed):
+                outcomes[state.host] = self._call_error(
+                    state, method.name, result.code, result.details, result.remote_traceback
+                )
+            elif isinstance(result, grpc.aio.AioRpcError):
+                outcomes[state.host] = self._rpc_error(state, method.name, result)
+            elif isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancelled: the caller gave up (Ctrl-C, hub timeout)
+            else:
+                log.error("%s: unexpected failure of %s: %r", state.host, method.name, result)
+                outcomes[state.host] = HostError(state.host, f"unexpected failure of {method.name}: {result!r}")
+        return {s.host: outcomes[s.host] for s in states}
 
     def _rpc_error(self, state: HostAgent, method: str, exc: grpc.aio.AioRpcError) -> HostError:
-        if state.error is not None:  # the servicer's lifeline broke meanwhile: that is the real reason
-            return state.error
-        code = exc.code()
-        trailing = exc.trailing_metadata() or ()
         tb = ""
-        for key, value in trailing:
+        for key, value in exc.trailing_metadata() or ():
             if key == TRACEBACK_KEY:
                 tb = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        return self._call_error(state, method, exc.code(), exc.details() or "", tb)
+
+    def _call_error(
+        self, state: HostAgent, method: str, code: Optional[grpc.StatusCode], details: str, tb: str
+    ) -> HostError:
+        if state.error is not None:  # the servicer's lifeline broke meanwhile: that is the real reason
+            return state.error
         cls = CallTimeout if code == grpc.StatusCode.DEADLINE_EXCEEDED else CallError
-        return cls(state.host, method, code.name if code else "UNKNOWN", exc.details() or "", tb)
+        return cls(state.host, method, code.name if code else "UNKNOWN", details, tb)
 
     def call_stream(
         self,
@@ -403,6 +424,9 @@ class Agent:
 
     def _teardown_host(self, state: HostAgent, stop_deadline: Optional[float] = None) -> None:
         _lifelines.forget(state)
+        if state.calls is not None:
+            calls, state.calls = state.calls, None
+            self._hub.loop.call_soon_threadsafe(calls.close)
         if state.channel is not None:
             channel, state.channel = state.channel, None
             with contextlib.suppress(Exception):
@@ -465,6 +489,12 @@ class Agent:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._hosts)} hosts"
         return f"<{type(self).__name__} {state}>"
+
+
+def _open_channel(target: str, metadata: tuple[tuple[str, str], ...]) -> tuple[grpc.aio.Channel, CallStreams]:
+    """A host's gRPC channel and its call streams; on the hub loop, where grpc.aio objects must live."""
+    channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    return channel, CallStreams(channel, metadata)
 
 
 _lifelines = Lifelines()

@@ -17,6 +17,7 @@ import grpc.aio
 
 from sshfleet import _session
 from sshfleet._bootstrap import ServicerProcess
+from sshfleet._calls import CallStreams
 from sshfleet._hub import Hub, Tunnel
 from sshfleet.errors import ChannelError, HostError
 
@@ -34,6 +35,7 @@ class HostAgent:
     tunnel: Optional[Tunnel] = None
     native_forward: Optional[str] = None  # the OpenSSH transport forwards a Unix socket itself
     channel: Optional[grpc.aio.Channel] = None
+    calls: Optional[CallStreams] = None
     metadata: tuple[tuple[str, str], ...] = ()
     error: Optional[HostError] = None
     methods: dict[str, Any] = field(default_factory=dict)

@@ -4,22 +4,29 @@
 # Life cycle: bootstrap.py calls serve(); we bind 127.0.0.1 on an ephemeral port, print READY, then live as long
 # as the SSH channel that started us: EOF on stdin, a "STOP" line, or no heartbeat for `liveness` seconds stops
 # the server, kills our process group (what the servicer started) and removes the session directory.
-import hmac
 import importlib
 import logging
 import os
 import shutil
 import signal
+import struct
 import sys
 import threading
 import time
 import traceback
+from _operator import _compare_digest as compare_digest  # hmac's, without hmac's ~5 ms import of OpenSSL
 from concurrent import futures
 
 import grpc
 
 TOKEN_KEY = "x-sshfleet-token"
 TRACEBACK_KEY = "x-sshfleet-traceback-bin"
+CALLS_METHOD = "/sshfleet.Runtime/Calls"
+# Frames of a Calls stream (see Calls below). Request: call id, timeout in seconds (0: none), length of the
+# method path; then the path and the serialized request. Reply: call id, status code, length of the details,
+# length of the traceback; then the details, the traceback and the serialized response.
+REQUEST_HEAD = struct.Struct("!IdH")
+REPLY_HEAD = struct.Struct("!IHII")
 
 log = logging.getLogger("sshfleet.remote")
 
@@ -35,12 +42,18 @@ def _code_of(context):
     return code() if callable(code) else None
 
 
-def _report(context, exc):
-    """Turn a servicer exception into UNKNOWN with the remote traceback in trailing metadata."""
-    # Drop our own wrapper frame: the user wants to see where *their* servicer raised.
+def _servicer_traceback():
+    """The traceback of the exception being handled, without our own wrapper frame: the user wants to see
+    where *their* servicer raised."""
     etype, value, tb_obj = sys.exc_info()
     tb = "".join(traceback.format_exception(etype, value, tb_obj.tb_next if tb_obj else None))
     log.error("servicer raised:\n%s", tb)
+    return tb
+
+
+def _report(context, exc):
+    """Turn a servicer exception into UNKNOWN with the remote traceback in trailing metadata."""
+    tb = _servicer_traceback()
     context.set_trailing_metadata(((TRACEBACK_KEY, tb.encode("utf-8", "replace")),))
     context.abort(grpc.StatusCode.UNKNOWN, "%s: %s" % (type(exc).__name__, exc))
 
@@ -84,7 +97,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             if key == TOKEN_KEY:
                 token = value
                 break
-        if token is None or not hmac.compare_digest(token.encode("ascii", "replace"), self._secret):
+        if token is None or not compare_digest(token.encode("ascii", "replace"), self._secret):
             log.warning("refused %s: missing or wrong session token", details.method)
             return self._refuse
         handler = self._cache.get(details.method)
@@ -92,7 +105,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
             handler = continuation(details)
             if handler is None:
                 return None
-            if handler.unary_unary:
+            if details.method == CALLS_METHOD:
+                pass  # Calls reports each call's exceptions itself
+            elif handler.unary_unary:
                 handler = handler._replace(unary_unary=_guard_unary(handler.unary_unary))
             elif handler.stream_unary:
                 handler = handler._replace(stream_unary=_guard_unary(handler.stream_unary))
@@ -102,6 +117,199 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 handler = handler._replace(stream_stream=_guard_stream(handler.stream_stream))
             self._cache[details.method] = handler
         return handler
+
+
+class _Aborted(Exception):
+    """Raised by CallContext.abort(), like grpc's own context.abort() raises in a sync handler."""
+
+
+class CallContext:
+    """The ServicerContext a servicer method sees for a call carried on a Calls stream.
+
+    Status, details, deadline and callbacks are this call's own; the rest (metadata, peer, auth) is the
+    stream's. Callbacks run when the call ends: it returned, or its stream was cancelled (the controller does
+    that when the call's deadline passes) or broke.
+    """
+
+    def __init__(self, stream_context, timeout):
+        self._stream = stream_context
+        self._deadline = time.monotonic() + timeout if timeout > 0 else None
+        self._code = None
+        self._details = ""
+        self._trailing = ()
+        self._callbacks = []
+        self._ended = False
+        self._lock = threading.Lock()
+
+    def abort(self, code, details):
+        self._code, self._details = code, details
+        raise _Aborted(details)
+
+    def abort_with_status(self, status):
+        self._trailing = tuple(status.trailing_metadata or ())
+        self.abort(status.code, status.details)
+
+    def set_code(self, code):
+        self._code = code
+
+    def set_details(self, details):
+        self._details = details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+    def set_trailing_metadata(self, trailing_metadata):
+        self._trailing = tuple(trailing_metadata)
+
+    def trailing_metadata(self):
+        return self._trailing
+
+    def send_initial_metadata(self, initial_metadata):
+        pass  # a call on a stream has no headers of its own
+
+    def time_remaining(self):
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def is_active(self):
+        if self._ended or not self._stream.is_active():
+            return False
+        return self._deadline is None or time.monotonic() < self._deadline
+
+    def add_callback(self, callback):
+        with self._lock:
+            if self._ended:
+                return False
+            self._callbacks.append(callback)
+            return True
+
+    def cancel(self):
+        self._stream.cancel()
+
+    def end(self):
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("a call's callback raised")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+class _Details:
+    """What a generic handler's service() looks at to pick a method handler."""
+
+    def __init__(self, method, invocation_metadata):
+        self.method = method
+        self.invocation_metadata = invocation_metadata
+
+
+class Calls:
+    """Unary calls carried on long-lived streams: one message each way per call.
+
+    A gRPC unary call costs the Python server a dispatch through its completion queue, a thread hand-off and
+    the interceptor pipeline; a message on an open stream costs a fraction of that (bench/profile/FINDINGS.md).
+    The controller keeps an idle stream per host and sends each unary call as one frame on it; this handler
+    runs the servicer's own method handler inline, one call at a time per stream (the controller opens
+    another stream for concurrent calls). The session token is checked once, when the stream opens.
+    """
+
+    def __init__(self):
+        self._registered = {}
+        self._generic = []
+        self._handlers = {}
+
+    def add_generic_rpc_handlers(self, handlers):
+        self._generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service, handlers):
+        self._registered[service] = handlers
+
+    def _lookup(self, method, metadata):
+        handler = self._handlers.get(method)
+        if handler is None:
+            service, _, name = method[1:].partition("/")
+            handler = self._registered.get(service, {}).get(name)
+            for generic in self._generic:
+                if handler is not None:
+                    break
+                handler = generic.service(_Details(method, metadata))
+            if handler is not None:
+                self._handlers[method] = handler
+        return handler
+
+    def handler(self, request_iterator, context):
+        current = [None]
+
+        def stream_ended():
+            call = current[0]
+            if call is not None:
+                call.end()
+
+        context.add_callback(stream_ended)
+        metadata = context.invocation_metadata()
+        for frame in request_iterator:
+            yield self._dispatch(frame, context, metadata, current)
+
+    def _dispatch(self, frame, stream_context, metadata, current):
+        call_id, timeout, path_len = REQUEST_HEAD.unpack_from(frame)
+        start = REQUEST_HEAD.size
+        method = bytes(frame[start : start + path_len]).decode("utf-8")
+        payload = frame[start + path_len :]
+        handler = self._lookup(method, metadata)
+        if handler is None or handler.unary_unary is None:
+            return _reply(call_id, grpc.StatusCode.UNIMPLEMENTED, "sshfleet: no unary method %s here" % method)
+        context = current[0] = CallContext(stream_context, timeout)
+        try:
+            request = handler.request_deserializer(payload) if handler.request_deserializer else payload
+            response = handler.unary_unary(request, context)
+            if context._code not in (None, grpc.StatusCode.OK):
+                return _reply(call_id, context._code, context._details)
+            data = handler.response_serializer(response) if handler.response_serializer else response
+            return _reply(call_id, grpc.StatusCode.OK, "", b"", data)
+        except _Aborted:
+            return _reply(call_id, context._code, context._details)
+        except Exception as exc:
+            if context._code not in (None, grpc.StatusCode.OK):
+                return _reply(call_id, context._code, context._details)  # set_code() then raise: grpc does this
+            tb = _servicer_traceback()
+            return _reply(call_id, grpc.StatusCode.UNKNOWN, "%s: %s" % (type(exc).__name__, exc), tb.encode())
+        finally:
+            current[0] = None
+            context.end()
+
+
+def _reply(call_id, code, details, tb=b"", payload=b""):
+    details_bytes = (details or "").encode("utf-8", "replace")
+    head = REPLY_HEAD.pack(call_id, code.value[0], len(details_bytes), len(tb))
+    return b"".join((head, details_bytes, tb, payload))
+
+
+class _Registrar:
+    """Stands in for the server in AddServicer(): registers with the server and keeps the handlers for Calls."""
+
+    def __init__(self, server, calls):
+        self._server = server
+        self._calls = calls
+
+    def add_generic_rpc_handlers(self, handlers):
+        self._calls.add_generic_rpc_handlers(handlers)
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service, handlers):
+        self._calls.add_registered_method_handlers(service, handlers)
+        self._server.add_registered_method_handlers(service, handlers)
+
+    def __getattr__(self, name):
+        return getattr(self._server, name)
 
 
 def _group_members(pgid):
@@ -207,7 +415,7 @@ def serve(config, facts, session_dir, stdin, emit):
     session = Session(config, session_dir, stdin)
     try:
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=int(config.get("workers", 16)), thread_name_prefix="rpc"),
+            futures.ThreadPoolExecutor(max_workers=int(config.get("workers", 64)), thread_name_prefix="rpc"),
             interceptors=(AuthInterceptor(config["secret"]),),
             options=[
                 ("grpc.max_receive_message_length", 256 << 20),
@@ -216,10 +424,19 @@ def serve(config, facts, session_dir, stdin, emit):
                 ("grpc.http2.lookahead_bytes", 4 << 20),
             ],
         )
+        calls = Calls()
+        registrar = _Registrar(server, calls)
         for name in config["servicers"]:
             module = importlib.import_module(name)
-            module.AddServicer(server)
+            module.AddServicer(registrar)
             session.modules.append(module)
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "sshfleet.Runtime", {"Calls": grpc.stream_stream_rpc_method_handler(calls.handler)}
+                ),
+            )
+        )
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         session.server = server

@@ -17,13 +17,14 @@ import tarfile
 import tempfile
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from agents.sysinfo import SysinfoAgent
 from sshfleet import Timeouts, UsageError, _payload
-from sshfleet.errors import CallError, CallTimeout, ChannelError, RemotePythonError
+from sshfleet.errors import CallError, CallTimeout, ChannelError, HostError, RemotePythonError
 
 REPO = Path(__file__).resolve().parents[2]
 OTHER_PYTHON = "/root/.pyenv/versions/3.12.1/bin/python3"
@@ -87,6 +88,29 @@ def test_call_deadline_is_a_per_host_timeout(testbed):
     with SysinfoAgent(names(testbed)[:2], ssh_options=testbed.ssh_options()) as agent:
         replies = agent.Sleep(seconds=5, timeout=0.5)
         assert all(isinstance(o, CallTimeout) for o in replies.values()), replies.status()
+        assert {o.code for o in replies.values()} == {"DEADLINE_EXCEEDED"}
+        # the timed-out call's stream was cancelled; the next call gets a fresh one
+        assert agent.Sleep(seconds=0.01, timeout=10).success()
+
+
+def test_concurrent_calls_to_one_host_each_get_their_own_call_stream(testbed):
+    """Unary calls ride idle call streams, one call per stream at a time: a long call must not hold up the
+    calls made while it runs, and the idle streams kept afterwards stay bounded."""
+    host = names(testbed)[0]
+    with ThreadPoolExecutor(8) as pool:
+        agent = SysinfoAgent([host], ssh_options=testbed.ssh_options())
+        try:
+            long_call = pool.submit(agent.Sleep, seconds=60, timeout=60)
+            quick = list(pool.map(lambda _: agent.Uname(), range(6)))
+            assert all(r.success() for r in quick), [r.status() for r in quick]
+            assert not long_call.done()  # served alongside, not after, the 60 s sleep
+            calls = agent._hosts[host].calls
+            assert calls is not None and 1 <= len(calls._idle) <= calls._max_idle
+        finally:
+            agent.close()
+        # close() ends the call still in flight: it reports this host's failure instead of hanging
+        outcome = long_call.result(timeout=30)["node01"]
+        assert isinstance(outcome, HostError), outcome
 
 
 def test_streaming_call_merges_hosts(testbed):
@@ -239,12 +263,20 @@ def test_another_local_user_is_refused_by_the_servicer(testbed):
         port = agent._hosts[host.name].process.port
         probe = textwrap.dedent(
             f"""
+            import struct
             import grpc
             channel = grpc.insecure_channel("127.0.0.1:{port}")
             call = channel.unary_unary("/sysinfo.SysinfoAgent/Uname")
+            stream = channel.stream_stream("/sshfleet.Runtime/Calls")
+            frame = struct.pack("!IdH", 1, 5.0, 28) + b"/sysinfo.SysinfoAgent/Uname"
             for metadata in ((), (("x-sshfleet-token", "guess"),)):
                 try:
                     call(b"", timeout=5, metadata=metadata)
+                    print("ANSWERED")
+                except grpc.RpcError as exc:
+                    print(exc.code().name)
+                try:
+                    list(stream(iter([frame]), timeout=5, metadata=metadata))
                     print("ANSWERED")
                 except grpc.RpcError as exc:
                     print(exc.code().name)
@@ -290,7 +322,7 @@ def test_another_local_user_is_refused_by_the_servicer(testbed):
             )
         finally:
             shutil.rmtree(libs)
-        assert result.stdout.split() == ["UNAUTHENTICATED", "UNAUTHENTICATED"], result.stderr
+        assert result.stdout.split() == ["UNAUTHENTICATED"] * 4, result.stderr
         assert agent.Uname().success()  # the controller itself is still served
 
 
