@@ -7,16 +7,14 @@
 #                        bundle, controller -> host: one JSON line {"name","hash","size"} and `size` raw bytes;
 #   host -> controller : "SSHFLEET READY <json>" once the servicer listens, or "SSHFLEET ERROR <json>".
 # After READY the channel stays open: it carries heartbeats both ways, and its EOF stops the servicer.
-import hashlib
 import json
 import os
 import platform
-import shutil
 import stat
 import sys
-import tarfile
-import tempfile
-import traceback
+
+# Only a cold start (bundles to install) or a failure needs hashlib, shutil, tarfile, tempfile and traceback:
+# they are imported where used, so that a warm start does not pay for them on every host.
 
 MIN_PYTHON = (3, 9)
 COMPLETE_MARK = ".sshfleet-complete"
@@ -97,6 +95,12 @@ def install_bundle(cache, meta, stream):
 
     Hosts may share $HOME: when another host installed the same hash first, its copy is kept and ours dropped.
     """
+    import hashlib
+    import io
+    import shutil
+    import tarfile
+    import tempfile
+
     data = read_exact(stream, int(meta["size"]))
     digest = hashlib.sha256(data).hexdigest()
     if digest != meta["hash"]:
@@ -109,8 +113,6 @@ def install_bundle(cache, meta, stream):
         return
     tmp = tempfile.mkdtemp(prefix=".tmp-%s-" % meta["hash"][:12], dir=cache)
     try:
-        import io
-
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             members = list(safe_members(tar, tmp))
             if sys.version_info >= (3, 12):
@@ -132,17 +134,24 @@ def install_bundle(cache, meta, stream):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-class LazyGrpcAio:
-    """`import grpc` also imports grpc.aio (asyncio, typing_extensions: ~40 ms of a ~150 ms start on a host).
-    The servicer runtime never uses it, so it is loaded lazily: on first attribute access, if a servicer does."""
+class LazyModules:
+    """Modules that `import grpc` / protobuf load but a sync servicer never uses, loaded lazily: on first
+    attribute access, if a servicer does. grpc.aio pulls asyncio, ssl and typing_extensions; cygrpc imports
+    asyncio itself; protobuf's descriptor_pool imports its pure-Python message implementation (and with it
+    text_format), which the upb backend never calls. Together ~60 of the ~120 ms of CPU a servicer used
+    to spend before READY, per host (bench/profile/coldstart.py)."""
 
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if name != "grpc.aio":
+    names = {"grpc.aio", "asyncio", "google.protobuf.internal.python_message", "google.protobuf.text_format"}
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name not in cls.names:
             return None
         import importlib.util
 
-        sys.meta_path.remove(LazyGrpcAio)
+        cls.names.discard(name)
+        if not cls.names:
+            sys.meta_path.remove(cls)
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.loader is not None:
             spec.loader = importlib.util.LazyLoader(spec.loader)
@@ -186,10 +195,13 @@ def main():
     sessions = private_dir(os.path.join(cache, "sessions"))
     session_dir = private_dir(os.path.join(sessions, config["session"]))
     sys.path[:0] = [os.path.join(cache, wanted["agent"]), os.path.join(cache, wanted["deps"])]
-    sys.meta_path.insert(0, LazyGrpcAio)
+    sys.meta_path.insert(0, LazyModules)
     try:
         import sshfleet_runtime
     except Exception:
+        import shutil
+        import traceback
+
         shutil.rmtree(session_dir, ignore_errors=True)
         fail(
             "bootstrap_failed",
