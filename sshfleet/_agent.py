@@ -36,6 +36,7 @@ from sshfleet._streams import StreamCall
 from sshfleet.errors import (
     CallError,
     CallTimeout,
+    ChannelError,
     HostError,
     SshFleetError,
     UsageError,
@@ -221,6 +222,15 @@ class Agent:
                 state.tunnel = Tunnel(self._hub, conn, process.port, open_timeout=self.timeouts.connect)
                 target = state.tunnel.target
             state.channel, state.calls = self._hub.call(lambda: _open_channel(target, state.metadata))
+            # Connect HTTP/2 through the forward and open a call stream now, while other hosts still bootstrap,
+            # rather than in the first call (~0.1 s of the first call at 32 hosts before).
+            try:
+                self._hub.run(asyncio.wait_for(state.channel.channel_ready(), self.timeouts.connect))
+                self._hub.call(state.calls.prime)
+            except asyncio.TimeoutError:
+                raise ChannelError(
+                    spec.name, "the servicer started but its port could not be reached through the SSH forward"
+                ) from None
             _lifelines.watch(self._hub, state)
             hlog.info(
                 "servicer %s started (pid %d, port %d, python %s, shipped %s) in %.2fs",

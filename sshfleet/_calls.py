@@ -58,6 +58,11 @@ class CallStreams:
         self._max_idle = max_idle
         self._next_id = 0
 
+    def prime(self) -> None:
+        """Open an idle stream ahead of the first call (the host starts its handler while others bootstrap)."""
+        if not self._idle:
+            self._idle.append(self._open(metadata=self._metadata))
+
     async def call(self, method: bytes, payload: bytes, timeout: float) -> bytes:
         """Send one unary call, return the serialized response; raise CallFailed or grpc.aio.AioRpcError."""
         stream = self._idle.pop() if self._idle else self._open(metadata=self._metadata)
