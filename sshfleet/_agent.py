@@ -338,9 +338,9 @@ class Agent:
         else:
             calls = (s.calls.call(path, payload, deadline) for s in live)  # type: ignore[union-attr]
             results = await asyncio.gather(*calls, return_exceptions=True)
-        outcomes: dict[str, Outcome] = {
-            s.host: s.error or HostError(s.host, "no servicer") for s in states if s not in live
-        }
+        outcomes: dict[str, Outcome] = {}
+        if len(live) < len(states):
+            outcomes.update((s.host, s.error or HostError(s.host, "no servicer")) for s in states if s not in live)
         for state, result in zip(live, results):
             if isinstance(result, bytes):
                 outcomes[state.host] = reply_cls.FromString(result)
@@ -355,7 +355,7 @@ class Agent:
             else:
                 log.error("%s: unexpected failure of %s: %r", state.host, method.name, result)
                 outcomes[state.host] = HostError(state.host, f"unexpected failure of {method.name}: {result!r}")
-        return {s.host: outcomes[s.host] for s in states}
+        return outcomes if len(live) == len(states) else {s.host: outcomes[s.host] for s in states}
 
     def _rpc_error(self, state: HostAgent, method: str, exc: grpc.aio.AioRpcError) -> HostError:
         tb = ""

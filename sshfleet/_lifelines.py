@@ -25,7 +25,7 @@ log = logging.getLogger("sshfleet._agent")
 HEARTBEAT = 5.0
 
 
-@dataclass
+@dataclass(eq=False)  # identity: states are compared in every fan-out
 class HostAgent:
     """This agent's state on one host: the servicer, its tunnel and gRPC channel, or why there is none."""
 
