@@ -18,6 +18,7 @@ import traceback
 from typing import Any, BinaryIO
 
 from bench import _proc
+from bench.baselines import OpenSsh, Paramiko, ParamikoSeam
 from bench.tools import TOOLS, Env, Tool
 
 
@@ -90,7 +91,7 @@ def main(argv: list[str]) -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     env = Env.from_dict(json.loads(requests.readline()))
-    tool = TOOLS[name](env)
+    tool = {**TOOLS, **{t.name: t for t in (Paramiko, ParamikoSeam, OpenSsh)}}[name](env)
     for line in requests:
         req = json.loads(line)
         try:
