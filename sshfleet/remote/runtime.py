@@ -273,6 +273,9 @@ class Calls:
             response = handler.unary_unary(request, context)
             if context._code not in (None, grpc.StatusCode.OK):
                 return _reply(call_id, context._code, context._details)
+            if response is None:
+                log.error("%s returned None", method)
+                return _reply(call_id, grpc.StatusCode.INTERNAL, "%s returned None instead of a reply" % method)
             data = handler.response_serializer(response) if handler.response_serializer else response
             return _reply(call_id, grpc.StatusCode.OK, "", b"", data)
         except _Aborted:

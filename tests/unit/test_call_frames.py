@@ -84,9 +84,19 @@ def _servicer_handlers(seen):
         seen.append(context)
         return b"ended" if ended.wait(5) else b"timed out"
 
+    def forgot_return(request, context):
+        pass
+
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(fn)
-        for name, fn in (("Echo", echo), ("Fail", fail), ("Abort", abort), ("SetCode", set_code), ("Wait", wait))
+        for name, fn in (
+            ("Echo", echo),
+            ("Fail", fail),
+            ("Abort", abort),
+            ("SetCode", set_code),
+            ("Wait", wait),
+            ("None", forgot_return),
+        )
     }
     handlers["Stream"] = grpc.unary_stream_rpc_method_handler(lambda request, context: iter(()))
     return grpc.method_handlers_generic_handler("t.T", handlers)
@@ -114,6 +124,7 @@ def test_dispatch_runs_the_servicers_handler_and_reports_each_outcome():
             _frame(4, "/t.T/SetCode"),
             _frame(5, "/t.T/Nope"),
             _frame(6, "/t.T/Stream"),
+            _frame(7, "/t.T/None"),
         ],
     )
     assert replies[0] == (1, grpc.StatusCode.OK, "", "", b"echo:hi")
@@ -124,6 +135,7 @@ def test_dispatch_runs_the_servicers_handler_and_reports_each_outcome():
     assert replies[3] == (4, grpc.StatusCode.UNIMPLEMENTED, "later", "", b"")
     assert replies[4][:2] == (5, grpc.StatusCode.UNIMPLEMENTED) and "/t.T/Nope" in replies[4][2]
     assert replies[5][:2] == (6, grpc.StatusCode.UNIMPLEMENTED)  # streaming methods are not carried
+    assert replies[6] == (7, grpc.StatusCode.INTERNAL, "/t.T/None returned None instead of a reply", "", b"")
     context = seen[0]
     assert 29 < context.time_remaining() <= 30
     assert context.invocation_metadata() == (("x-sshfleet-token", "t"),)
