@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -28,6 +29,9 @@ from sshfleet._ssh import Channel, SshConnection
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _CHUNK = 256 * 1024
+_CHAN_READ = 4 * 1024 * 1024  # at most the channel's window: take all it holds in one read
+_READS_PER_WAKE = 4
+_SOCK_BUF = 4 * 1024 * 1024
 
 
 class Hub:
@@ -87,16 +91,25 @@ def _stop_hub() -> None:
 
 
 class _Splice:
-    """Copies bytes both ways between one local socket and one SSH channel, without blocking the loop."""
+    """Copies bytes both ways between one local socket and one SSH channel, without blocking the loop.
+
+    Towards the socket (the streaming direction) the chunks read from the channel are queued as they are and
+    sent with one scatter-gather ``sendmsg``; a partial send keeps a memoryview of the rest. No joining and no
+    re-slicing of the pending bytes, which copied every byte once or twice more at 200+ MB/s.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, chan: Channel) -> None:
         self.loop = loop
         self.sock = sock
         self.chan = chan
         self.to_chan = b""  # bytes read from the socket that the channel's window did not take yet
-        self.to_sock = b""
+        self.to_sock: collections.deque[Any] = collections.deque()  # bytes/memoryviews not sent to the socket yet
         self.closed = False
         sock.setblocking(False)
+        # A larger send buffer than the default ~200 KiB means fewer partial sends, so the channel is read on
+        # (and the loop re-arms the channel reader) less often. Memory stays bounded by the HTTP/2 and SSH windows.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCK_BUF)
         chan.settimeout(0.0)
         self.chan_fd = chan.fileno()
         loop.add_reader(sock.fileno(), self._from_sock)
@@ -137,11 +150,10 @@ class _Splice:
             self.loop.add_reader(self.sock.fileno(), self._from_sock)
 
     def _from_chan(self) -> None:
-        chunks = []
         eof = False
-        while True:
+        for _ in range(_READS_PER_WAKE):
             try:
-                data = self.chan.recv(_CHUNK)
+                data = self.chan.recv(_CHAN_READ)
             except socket.timeout:
                 break
             except (OSError, EOFError):
@@ -149,9 +161,8 @@ class _Splice:
             if not data:
                 eof = True
                 break
-            chunks.append(data)
-        if chunks:
-            self.to_sock += b"".join(chunks)
+            self.to_sock.append(data)
+        if self.to_sock:
             self._flush_to_sock()
         if eof:
             self.loop.remove_reader(self.chan_fd)
@@ -161,15 +172,23 @@ class _Splice:
             self._maybe_close()
 
     def _flush_to_sock(self) -> None:
+        pending = self.to_sock
         try:
-            sent = self.sock.send(self.to_sock)
+            sent = self.sock.send(pending[0]) if len(pending) == 1 else self.sock.sendmsg(pending)
         except BlockingIOError:
             sent = 0
         except OSError:
             self.close()
             return
-        self.to_sock = self.to_sock[sent:]
-        if self.to_sock:
+        while sent:
+            head = pending[0]
+            if len(head) <= sent:
+                sent -= len(head)
+                pending.popleft()
+            else:
+                pending[0] = memoryview(head)[sent:]
+                break
+        if pending:
             self.loop.remove_reader(self.chan_fd)
             self.loop.add_writer(self.sock.fileno(), self._drain_sock)
 
