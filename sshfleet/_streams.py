@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import queue
+import collections
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -23,13 +23,22 @@ class StreamCall(Iterator[tuple[str, Outcome]]):
     ``(host, reply)``, a failed host yielding ``(host, HostError)`` once. The pumping runs on the hub loop.
 
     ``cancel()`` ends every host's call at once (the servicers see the call cancelled); iteration then stops.
+
+    Replies reach the consumer in batches: the loop appends to ``_items`` and notifies only a consumer that
+    sleeps; the consumer takes everything queued with one lock acquisition.
+    A ``queue.Queue`` (lock + notify + a GIL hand-off per reply) cost ~12 % of the loop's time at 64 KiB
+    replies. Like the Queue before it, the buffer is unbounded: a slow consumer does not slow the hosts.
     """
 
     _DONE = object()
 
     def __init__(self, agent: Any, method: Any, request: Any, requests: Optional[Iterable[Any]], deadline: float):
         self.agent = agent
-        self.queue: queue.Queue[Any] = queue.Queue()
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._items: collections.deque[Any] = collections.deque()  # filled on the loop, under _lock
+        self._batch: collections.deque[Any] = collections.deque()  # the consumer's own, no lock
+        self._waiting = False  # the consumer sleeps on _ready (under _lock)
         self.pending = 0
         states = list(agent._hosts.values())
         self.pending = len(states)
@@ -72,34 +81,59 @@ class StreamCall(Iterator[tuple[str, Outcome]]):
             while (item := await feed.get()) is not self._DONE:
                 yield item
 
+        put = self._put
+
         async def one(index: int, state: HostAgent) -> None:
+            host = state.host
             try:
                 if state.error is not None:
-                    self.queue.put((state.host, state.error))
+                    put((host, state.error))
                     return
                 mc = self.agent._multicallable(state, method)
                 arg = feed_iter(feeds[index]) if feeds else request
                 call = mc(arg, timeout=deadline, metadata=state.metadata)
                 if method.server_streaming:
                     async for reply in call:
-                        self.queue.put((state.host, reply))
+                        put((host, reply))
                 else:
-                    self.queue.put((state.host, await call))
+                    put((host, await call))
             except grpc.aio.AioRpcError as exc:
-                self.queue.put((state.host, self.agent._rpc_error(state, method.name, exc)))
+                put((host, self.agent._rpc_error(state, method.name, exc)))
             finally:
-                self.queue.put(self._DONE)
+                put(self._DONE)
 
         await asyncio.gather(*(one(i, s) for i, s in enumerate(states)))
 
+    def _put(self, item: Any) -> None:
+        """Queue one item for the consumer (loop thread); notify only a consumer that sleeps."""
+        with self._lock:
+            self._items.append(item)
+            if self._waiting:
+                self._waiting = False
+                self._ready.notify()
+
+    def _take(self) -> bool:
+        """Move everything queued into the consumer's batch, waiting until the deadline; False on timeout."""
+        with self._lock:
+            while not self._items:
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._waiting = True
+                self._ready.wait(remaining)
+                self._waiting = False
+            self._items, self._batch = self._batch, self._items
+        return True
+
     def __next__(self) -> tuple[str, Outcome]:
+        batch = self._batch
         while self.pending:
-            remaining = self.deadline - time.monotonic()
-            try:
-                item = self.queue.get(timeout=max(remaining, 0.001))
-            except queue.Empty:
-                self.future.cancel()
-                raise CallTimeout("*", "stream", "DEADLINE_EXCEEDED", "the stream outlived its deadline") from None
+            if not batch:
+                if not self._take():
+                    self.future.cancel()
+                    raise CallTimeout("*", "stream", "DEADLINE_EXCEEDED", "the stream outlived its deadline")
+                batch = self._batch
+            item = batch.popleft()
             if item is self._DONE:
                 self.pending -= 1
                 continue
