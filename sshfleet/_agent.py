@@ -14,6 +14,7 @@ import difflib
 import logging
 import secrets
 import socket
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -32,7 +33,7 @@ from sshfleet._lifelines import HEARTBEAT, HostAgent, Lifelines
 from sshfleet._messages import build_request
 from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, Timeouts, Transport
 from sshfleet._responses import Outcome, Responses
-from sshfleet._streams import StreamCall
+from sshfleet._streams import SingleHostStream, StreamCall
 from sshfleet.errors import (
     CallError,
     CallTimeout,
@@ -138,6 +139,7 @@ class Agent:
         self._liveness = float(liveness)
         self._log_level = log_level
         self._hub = Hub.get()
+        self._sync_lock = threading.Lock()
         self._hosts: dict[str, HostAgent] = {spec.name: HostAgent(spec.name) for spec in self._specs}
         self._closed = False
         _live_agents.add(self)
@@ -357,7 +359,7 @@ class Agent:
                 outcomes[state.host] = HostError(state.host, f"unexpected failure of {method.name}: {result!r}")
         return outcomes if len(live) == len(states) else {s.host: outcomes[s.host] for s in states}
 
-    def _rpc_error(self, state: HostAgent, method: str, exc: grpc.aio.AioRpcError) -> HostError:
+    def _rpc_error(self, state: HostAgent, method: str, exc: Union[grpc.aio.AioRpcError, grpc.Call]) -> HostError:
         tb = ""
         for key, value in exc.trailing_metadata() or ():
             if key == TRACEBACK_KEY:
@@ -407,7 +409,23 @@ class Agent:
             if request is not None and not isinstance(request, Mapping):
                 raise UsageError(f"{name} takes one request: pass its fields as a dict")
             single = self._request(method, request or {})
+            states = list(self._hosts.values())
+            if len(states) == 1 and states[0].error is None and method.server_streaming:
+                return SingleHostStream(self, states[0], method, single, deadline)
         return StreamCall(self, method, single, requests, deadline)
+
+    def _sync_channel(self, state: HostAgent) -> grpc.Channel:
+        """A second, synchronous channel to the host's servicer, for SingleHostStream; made on first use."""
+        with self._sync_lock:
+            if state.sync_channel is None:
+                if state.native_forward is not None:
+                    target = f"unix:{state.native_forward}"
+                else:
+                    assert state.tunnel is not None
+                    target = state.tunnel.target
+                options = [*_CHANNEL_OPTIONS, ("grpc.experimental.single_threaded_unary_stream", 1)]
+                state.sync_channel = grpc.insecure_channel(target, options=options)
+            return state.sync_channel
 
     # --- lifetime ---------------------------------------------------------------------------------------
 
@@ -437,6 +455,9 @@ class Agent:
         if state.calls is not None:
             calls, state.calls = state.calls, None
             self._hub.loop.call_soon_threadsafe(calls.close)
+        if state.sync_channel is not None:
+            sync_channel, state.sync_channel = state.sync_channel, None
+            sync_channel.close()
         if state.channel is not None:
             channel, state.channel = state.channel, None
             with contextlib.suppress(Exception):

@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import grpc
 import grpc.aio
 
 from sshfleet import _session
@@ -36,6 +37,7 @@ class HostAgent:
     native_forward: Optional[str] = None  # the OpenSSH transport forwards a Unix socket itself
     channel: Optional[grpc.aio.Channel] = None
     calls: Optional[CallStreams] = None
+    sync_channel: Optional[grpc.Channel] = None  # made on first use: single-host server streams (_streams.py)
     metadata: tuple[tuple[str, str], ...] = ()
     error: Optional[HostError] = None
     methods: dict[str, Any] = field(default_factory=dict)

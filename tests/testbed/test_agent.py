@@ -7,6 +7,7 @@ remain in any host's network namespace and no session directory under any ~/.cac
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import shutil
@@ -120,6 +121,26 @@ def test_streaming_call_merges_hosts(testbed):
         per_host = {h: [c.index for hh, c in got if hh == h] for h in hosts}
         assert per_host == {h: [0, 1, 2, 3] for h in hosts}
         assert all(len(c.data) == 1000 for _, c in got)
+
+
+def test_a_single_hosts_stream_is_read_on_the_callers_thread(testbed):
+    """One host: the stream is read from a sync channel on the caller's thread (SingleHostStream), with the
+    same outcomes as the merged stream: replies in order, an error once as (host, CallError), cancel() ends it."""
+    host = names(testbed)[0]
+    with SysinfoAgent([host], ssh_options=testbed.ssh_options()) as agent:
+        stream = agent.Count(n=5, size=100)
+        assert type(stream).__name__ == "SingleHostStream"
+        assert [(h, c.index, len(c.data)) for h, c in stream] == [(host, i, 100) for i in range(5)]
+        failed = list(agent.Count(n=-1, size=10))
+        assert len(failed) == 1 and failed[0][0] == host
+        assert isinstance(failed[0][1], CallError) and failed[0][1].code == "INVALID_ARGUMENT"
+        endless = agent.Count(n=10**9, size=10)
+        assert next(endless)[1].index == 0
+        endless.cancel()
+        assert sum(1 for _ in itertools.islice(endless, 10_000)) < 10_000  # iteration stops instead of running on
+        timed_out = list(agent.call_stream("Count", {"n": 10**9, "size": 1024}, timeout=0.5))
+        assert isinstance(timed_out[-1][1], CallTimeout), timed_out[-1]
+        assert agent.Uname().success()  # the agent still works after all of that
 
 
 def test_caller_mistakes_fail_before_the_network(testbed):
