@@ -48,11 +48,14 @@ class ExecAgent(sshfleet.Agent):
         """Run one command to completion and return its exit status and collected stdout/stderr.
 
         Args:
-            argv (repeated string): The program and its arguments, passed to execvp exactly as given (no shell, no splitting).
+            argv (repeated string): The program and its arguments, passed to execvp exactly as given (no
+                shell, no splitting).
             shell (string): A shell command line run with /bin/sh -c; give either argv or shell.
             stdin (bytes): Bytes written to the command's stdin, then EOF. Without them stdin is /dev/null.
-            stdin_open (bool): Give the command a pipe as stdin even when stdin is empty (it sees EOF right away, not /dev/null).
-            timeout (double): Seconds before the command's process group gets SIGTERM (then SIGKILL 2 s later); 0: no limit.
+            stdin_open (bool): Give the command a pipe as stdin even when stdin is empty (it sees EOF right
+                away, not /dev/null).
+            timeout (double): Seconds before the command's process group gets SIGTERM (then SIGKILL 2 s
+                later); 0: no limit.
             env (map<string, string>): Variables added to (or replacing those of) the login environment.
             cwd (string): Working directory; default: the login user's home directory.
             rpc_timeout: deadline of the call in seconds (None: the agent's default).
@@ -80,8 +83,8 @@ class ExecAgent(sshfleet.Agent):
         *,
         timeout: Optional[float] = None,
     ) -> Iterator[tuple[str, Any]]:
-        """Run one command interactively: the first input starts it, later inputs carry stdin, EOF, signals and
-        window sizes; the outputs stream its stdout/stderr as they come, then its exit status.
+        """Run one command interactively: the first input starts it, later inputs carry stdin, EOF, signals
+        and window sizes; the outputs stream its stdout/stderr as they come, then its exit status.
 
         Args:
             requests: exec.SessionInput messages (or dicts of their fields) to send.

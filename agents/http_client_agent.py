@@ -43,12 +43,14 @@ class HttpClientAgent(sshfleet.Agent):
         local_port: Optional[int] = None,
         timeout: Optional[float] = None,
     ) -> Responses:
-        """Set request sizes, rate and proxy; optional (defaults: sizes "1000", 1 request per second, no proxy).
+        """Set request sizes, rate and proxy; optional (defaults: sizes "1000", 1 request per second, no
+        proxy).
 
         Args:
-            sizes (string): Bytes per request: a Python expression evaluated for each request and cast to an int,
-                e.g. "1000" or "random.randint(1000,2000)". Only numbers, + - * / // % **, min max abs int round and
-                random.randint/uniform/choice/gauss/expovariate/random are allowed. Empty means "1000".
+            sizes (string): Bytes per request: a Python expression evaluated for each request and cast to
+                an int, e.g. "1000" or "random.randint(1000,2000)". Only numbers, + - * / // % **, min max
+                abs int round and random.randint/uniform/choice/gauss/expovariate/random are allowed. Empty
+                means "1000".
             rate_limit (int32): Requests per second, over all servers together; 0 means 1.
             use_socks (bool): Connect through a SOCKS proxy (CONNECT command, no authentication).
             socks_server (string): SOCKS proxy host name or address, as seen from the host.
@@ -105,7 +107,8 @@ class HttpClientAgent(sshfleet.Agent):
         return self._call("StopTraffic", {}, timeout=timeout)
 
     def ChangeTraffic(self, *, stepsize: Optional[int] = None, timeout: Optional[float] = None) -> Responses:
-        """Add stepsize to the rate (requests per second), also while traffic runs; the rate never goes below 0.
+        """Add stepsize to the rate (requests per second), also while traffic runs; the rate never goes below
+        0.
 
         Args:
             stepsize (int32): Can be negative or positive to decrease/increase.

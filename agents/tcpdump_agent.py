@@ -60,7 +60,8 @@ class TcpDumpAgent(sshfleet.Agent):
         """Start tcpdump on all interfaces with the filter `host <destination>`; answers once it listens.
 
         Args:
-            destination (string): Host name or address whose traffic to capture (tcpdump filter `host <destination>`).
+            destination (string): Host name or address whose traffic to capture (tcpdump filter `host
+                <destination>`).
             timeout: deadline of the call in seconds (None: the agent's default).
 
         Returns:
@@ -89,8 +90,10 @@ class TcpDumpAgent(sshfleet.Agent):
         """Copy the capture file into directory path (created if missing) as <tag>-<hostname>.pcap.
 
         Args:
-            path (string): Directory on the host to copy the capture into; created if missing. "~" is expanded.
-            tag (string): Prefix of the archived file's name: <tag>-<hostname>.pcap (just <hostname>.pcap when empty).
+            path (string): Directory on the host to copy the capture into; created if missing. "~" is
+                expanded.
+            tag (string): Prefix of the archived file's name: <tag>-<hostname>.pcap (just <hostname>.pcap
+                when empty).
             timeout: deadline of the call in seconds (None: the agent's default).
 
         Returns:

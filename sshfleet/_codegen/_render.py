@@ -8,6 +8,7 @@ with a trailing comma.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Sequence
 
 from sshfleet._codegen._model import FieldInfo, MessageInfo, MethodInfo, ServiceInfo
@@ -15,15 +16,56 @@ from sshfleet._codegen._model import FieldInfo, MessageInfo, MethodInfo, Service
 __all__ = ["render_client", "render_servicer"]
 
 _LINE_LENGTH = 110
+_ARG_ENTRY = re.compile(r"\s+[\w.]+ \([^)]*\): ")
 _STATUS_NOT_IMPLEMENTED = 'success=False, comment="Not implemented."'
 
 
+def _fit(lines: Sequence[str], width: int) -> list[str]:
+    """``lines`` with every line longer than ``width`` wrapped at word boundaries, its overflow carried into
+    the next line when that one continues the same paragraph (same indentation), so a proto comment's
+    hand-wrapped paragraph stays a paragraph. An ``Args:`` entry (``name (type): text``) continues four
+    columns further in, as the entries' own continuation lines do."""
+    out: list[str] = []
+    carry = ""  # words pushed off the previous line, to go in front of this one
+    carry_lead = ""
+    for line in [*lines, None]:
+        if carry:
+            if line is not None and line.strip() and _lead(line) == carry_lead:
+                line = f"{carry_lead}{carry} {line.strip()}"
+            else:
+                out.extend(_wrap(f"{carry_lead}{carry}", width, carry_lead))
+            carry = ""
+        if line is None:
+            break
+        if len(line) <= width:
+            out.append(line)
+            continue
+        lead = _lead(line)
+        carry_lead = lead + "    " if _ARG_ENTRY.match(line) else lead
+        first, *rest = _wrap(line, width, carry_lead)
+        out.append(first)
+        carry = " ".join(part.strip() for part in rest)
+    return out
+
+
+def _lead(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
+
+
+def _wrap(line: str, width: int, subsequent_indent: str) -> list[str]:
+    wrapped = textwrap.wrap(
+        line, width=width, subsequent_indent=subsequent_indent, break_long_words=False, break_on_hyphens=False
+    )
+    return wrapped or [line]
+
+
 def _docstring(text: str, indent: str) -> list[str]:
-    """Lines of a triple-quoted docstring holding ``text`` verbatim."""
+    """Lines of a triple-quoted docstring holding ``text``, long lines wrapped to the generated code's width."""
     text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"').strip()
     if text.endswith('"'):
         text = text[:-1] + '\\"'
-    lines = text.splitlines()
+    width = _LINE_LENGTH - len(indent) - 3  # room for the opening quotes on the first line
+    lines = _fit(text.splitlines(), width)
     if len(lines) == 1 and len(indent) + len(lines[0]) + 6 <= _LINE_LENGTH:
         return [f'{indent}"""{lines[0]}"""']
     body = [f"{indent}{line}".rstrip() for line in lines]

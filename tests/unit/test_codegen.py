@@ -266,6 +266,36 @@ def test_client_docstrings_come_from_proto_comments(kitchen: Path) -> None:
     assert "rpc_timeout: deadline of the call" in cls.Timed.__doc__
 
 
+def test_long_proto_comments_are_wrapped_to_the_line_length(tmp_path: Path) -> None:
+    """Proto comments are free text: a long one must not make a generated line longer than ruff allows."""
+    words = [f"word{i}" for i in range(60)]
+    proto = tmp_path / "wordy.proto"
+    proto.write_text(
+        'syntax = "proto3";\npackage wordy;\n'
+        f"// {' '.join(words)}\nservice Wordy {{\n"
+        f"  // {' '.join(words)}\n  // second line of the method comment\n"
+        "  rpc Talk(Args) returns (Reply);\n}\n"
+        f"message Args {{\n  // {' '.join(words)}\n  string text = 1;\n}}\n"
+        "message Reply { bool success = 1; string comment = 2; }\n"
+    )
+    out = tmp_path / "out"
+    generate([proto], out)
+    for name in ("wordy.py", "wordy_servicer.py"):
+        assert max(len(line) for line in (out / name).read_text().splitlines()) <= 110, name
+    ruff = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--line-length", "110", "--select", "E501", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ruff.returncode == 0, ruff.stdout
+    cls = import_generated(out, "wordy").WordyAgent
+    flat = " ".join(cls.Talk.__doc__.split())
+    assert " ".join(words) + " second line of the method comment" in flat  # no word lost, order kept
+    assert "text (string): " + " ".join(words) in flat
+    assert " ".join(words) in " ".join(cls.__doc__.split())
+
+
 def test_generated_modules_import_top_level_as_on_the_host(kitchen: Path) -> None:
     # On the host the modules sit in a plain directory on sys.path: no package, absolute imports.
     code = (
