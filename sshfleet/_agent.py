@@ -494,8 +494,13 @@ class Agent:
         _live_agents.discard(self)
         deadline = time.monotonic() + self.timeouts.close
         states = list(self._hosts.values())
-        for state in states:  # tell every servicer at once, then wait for them together
+        for state in states:
             _lifelines.forget(state)  # their channels closing now is expected, not a failure
+        # Close the gRPC side first, all hosts at once: a servicer that gets STOP while call streams are still
+        # open lets server.stop() wait for them (up to its grace period) until the controller closes them.
+        with contextlib.suppress(Exception):
+            self._hub.run(_close_channels(states), timeout=2)
+        for state in states:  # tell every servicer at once, then wait for them together
             if state.process is not None:
                 with contextlib.suppress(Exception):
                     state.process.channel.settimeout(1.0)
@@ -520,6 +525,22 @@ class Agent:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._hosts)} hosts"
         return f"<{type(self).__name__} {state}>"
+
+
+async def _close_channels(states: list[HostAgent]) -> None:
+    """Close the call streams and gRPC channels of ``states`` (on the hub loop, all at once)."""
+    channels = []
+    for state in states:
+        if state.calls is not None:
+            state.calls.close()
+            state.calls = None
+        if state.sync_channel is not None:
+            state.sync_channel.close()
+            state.sync_channel = None
+        if state.channel is not None:
+            channels.append(state.channel)
+            state.channel = None
+    await asyncio.gather(*(channel.close() for channel in channels), return_exceptions=True)
 
 
 def _open_channel(target: str, metadata: tuple[tuple[str, str], ...]) -> tuple[grpc.aio.Channel, CallStreams]:
