@@ -330,20 +330,24 @@ class Agent:
         payload = request.SerializeToString()
         reply_cls = self._pb2_message(method.output_type)
         states = list(self._hosts.values())
-        live = [s for s in states if s.error is None and s.calls is not None]
+        live = [(s, s.calls) for s in states if s.error is None and s.calls is not None]
         results: list[Any]
         if len(live) == 1:  # no task needed for one host
             try:
-                results = [await live[0].calls.call(path, payload, deadline)]  # type: ignore[union-attr]
+                results = [await live[0][1].call(path, payload, deadline)]
             except Exception as exc:
                 results = [exc]
         else:
-            calls = (s.calls.call(path, payload, deadline) for s in live)  # type: ignore[union-attr]
-            results = await asyncio.gather(*calls, return_exceptions=True)
+            results = await asyncio.gather(
+                *(calls.call(path, payload, deadline) for _, calls in live), return_exceptions=True
+            )
         outcomes: dict[str, Outcome] = {}
         if len(live) < len(states):
-            outcomes.update((s.host, s.error or HostError(s.host, "no servicer")) for s in states if s not in live)
-        for state, result in zip(live, results):
+            served = {id(state) for state, _ in live}
+            outcomes.update(
+                (s.host, s.error or HostError(s.host, "no servicer")) for s in states if id(s) not in served
+            )
+        for (state, _), result in zip(live, results):
             if isinstance(result, bytes):
                 outcomes[state.host] = reply_cls.FromString(result)
             elif isinstance(result, CallFailed):

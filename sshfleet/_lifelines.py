@@ -26,7 +26,7 @@ log = logging.getLogger("sshfleet._agent")
 HEARTBEAT = 5.0
 
 
-@dataclass(eq=False)  # identity: states are compared in every fan-out
+@dataclass(eq=False)  # compared by identity: a field-wise __eq__ over channels and calls means nothing
 class HostAgent:
     """This agent's state on one host: the servicer, its tunnel and gRPC channel, or why there is none."""
 
