@@ -144,10 +144,12 @@ def sshd_command(host: HostLayout, state_dir: Path) -> list[str]:
 
 
 def ssh_config_text(hosts: Sequence[HostLayout], client_key: Path, known_hosts: Path) -> str:
+    """One block per host, matched by its name and by its address: Ansible connects to ``ansible_host`` (the
+    address) with ``-F`` this file, and must get the same key and known_hosts as ``ssh nodeNN`` does."""
     blocks = [f"# sshfleet testbed: {len(hosts)} hosts; generated, removed by `sshfleet testbed down`.\n"]
     for host in hosts:
         blocks.append(
-            f"""Host {host.name}
+            f"""Host {host.name} {host.address}
     HostName {host.address}
     User root
     Port 22

@@ -116,6 +116,31 @@ def test_client_files(testbed):
     assert json.loads((testbed.state_dir / "state.json").read_text())["n"] == len(names)
 
 
+def test_ansible_uses_the_inventory_as_written(testbed, tmp_path):
+    """The inventory sets ansible_host and passes -F ssh_config: real Ansible must connect with the testbed's
+    key and known_hosts, host keys checked (an address that matched no Host block used to fail that)."""
+    env = {
+        **os.environ,
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
+        "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",  # no ControlPersist master left behind
+        "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"),  # empty: nothing from the machine's own config
+        "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"),
+    }
+    (tmp_path / "ansible.cfg").write_text("")
+    ansible = Path(sys.executable).with_name("ansible")
+    proc = subprocess.run(
+        [str(ansible), "-i", str(testbed.inventory), "odd", "-m", "ping", "-o", "--limit", "node01,node03"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("SUCCESS") == 2 and '"ping": "pong"' in proc.stdout, proc.stdout
+
+
 def test_ssh_options(testbed):
     opts = testbed.ssh_options(user="fleet")
     assert isinstance(opts, SshOptions)
