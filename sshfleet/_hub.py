@@ -105,6 +105,7 @@ class _Splice:
         self.to_chan = b""  # bytes read from the socket that the channel's window did not take yet
         self.to_sock: collections.deque[Any] = collections.deque()  # bytes/memoryviews not sent to the socket yet
         self.closed = False
+        self.sock_paused = False  # reading the socket stopped until the channel's window opens
         sock.setblocking(False)
         # A larger send buffer than the default ~200 KiB means fewer partial sends, so the channel is read on
         # (and the loop re-arms the channel reader) less often. Memory stays bounded by the HTTP/2 and SSH windows.
@@ -143,10 +144,12 @@ class _Splice:
             if sent <= 0:
                 # The channel's window is full: stop reading the socket, try again shortly.
                 self.loop.remove_reader(self.sock.fileno())
+                self.sock_paused = True
                 self.loop.call_later(0.002, self._flush_to_chan)
                 return
             self.to_chan = self.to_chan[sent:]
-        if not self.closed:
+        if self.sock_paused and not self.closed:  # re-arm only if paused: add_reader is an epoll_ctl each time
+            self.sock_paused = False
             self.loop.add_reader(self.sock.fileno(), self._from_sock)
 
     def _from_chan(self) -> None:

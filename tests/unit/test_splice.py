@@ -111,3 +111,46 @@ def test_splice_delivers_every_byte_in_order_through_partial_sends() -> None:
         theirs.close()
         os.close(chan.rfd)
         os.close(chan.wfd)
+
+
+class WindowedChannel(FakeChannel):
+    """A channel whose send() takes at most what is left of its window (0 when full), as paramiko's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.window = 0
+
+    def send(self, data: bytes) -> int:
+        taken = min(len(data), self.window)
+        self.window -= taken
+        self.sent += data[:taken]
+        return taken
+
+
+def test_splice_towards_the_channel_pauses_on_a_full_window_and_resumes() -> None:
+    loop = asyncio.new_event_loop()
+    ours, theirs = socket.socketpair()
+    chan = WindowedChannel()
+    payload = os.urandom(3 << 20)
+    writer = threading.Thread(target=lambda: (theirs.sendall(payload), theirs.shutdown(socket.SHUT_WR)), daemon=True)
+    try:
+        splice = _Splice(loop, ours, chan)  # type: ignore[arg-type]
+        writer.start()
+
+        async def open_the_window_slowly() -> None:
+            for _ in range(20000):  # at most ~20 s
+                if chan.eof_sent:
+                    return
+                chan.window += 64 << 10  # what the host's WINDOW_ADJUSTs would give
+                await asyncio.sleep(0.001)
+
+        loop.run_until_complete(open_the_window_slowly())
+        writer.join(10)
+        assert chan.eof_sent, "the socket's EOF never reached the channel"
+        assert bytes(chan.sent) == payload
+        splice.close()
+    finally:
+        loop.close()
+        theirs.close()
+        os.close(chan.rfd)
+        os.close(chan.wfd)
