@@ -65,7 +65,7 @@ class CallStreams:
 
     async def call(self, method: bytes, payload: bytes, timeout: float) -> bytes:
         """Send one unary call, return the serialized response; raise CallFailed or grpc.aio.AioRpcError."""
-        stream = self._idle.pop() if self._idle else self._open(metadata=self._metadata)
+        stream = self._take()
         self._next_id = call_id = (self._next_id + 1) & 0xFFFFFFFF
         expired = False
 
@@ -85,6 +85,8 @@ class CallStreams:
                 raise CallFailed(grpc.StatusCode.CANCELLED, "the channel to the servicer was closed") from None
             stream.cancel()  # our caller was cancelled: the host's call ends with us
             raise
+        except asyncio.InvalidStateError:  # the stream ended between _take() and the write: nothing was sent
+            raise CallFailed(grpc.StatusCode.UNAVAILABLE, "the connection to the servicer dropped") from None
         except BaseException:
             stream.cancel()
             raise
@@ -103,6 +105,15 @@ class CallStreams:
         if code != grpc.StatusCode.OK:
             raise CallFailed(code, details, tb)
         return data
+
+    def _take(self) -> Any:
+        """An idle stream that is still open, else a new one. An idle stream ends without a call on it when its
+        HTTP/2 connection drops (the servicer may live on): nothing was sent on it, so it is simply dropped."""
+        while self._idle:
+            stream = self._idle.pop()
+            if not stream.done():
+                return stream
+        return self._open(metadata=self._metadata)
 
     def close(self) -> None:
         for stream in self._idle:

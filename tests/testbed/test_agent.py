@@ -114,6 +114,31 @@ def test_concurrent_calls_to_one_host_each_get_their_own_call_stream(testbed):
         assert isinstance(outcome, HostError), outcome
 
 
+def test_a_dropped_forward_connection_costs_no_call(testbed):
+    """The gRPC connection through the tunnel drops while the servicer lives: the idle call streams end with
+    nothing sent on them, and the next call goes out on a fresh stream over a reconnected channel."""
+    host = names(testbed)[0]
+    with SysinfoAgent([host], ssh_options=testbed.ssh_options()) as agent:
+        assert agent.Uname().success()
+        state = agent._hosts[host]
+        pid = agent.Uname()[host].pid
+
+        def drop() -> int:
+            splices = list(state.tunnel.splices)
+            for splice in splices:
+                splice.close()
+            return len(splices)
+
+        assert agent._hub.call(drop) >= 1
+        deadline = time.monotonic() + 30
+        while not all(agent._hub.call(lambda: [s.done() for s in state.calls._idle])):
+            assert time.monotonic() < deadline, "the idle call streams never noticed the dropped connection"
+            time.sleep(0.05)
+        replies = agent.Uname()
+        assert replies.success(), replies.status()
+        assert replies[host].pid == pid  # the same servicer answered
+
+
 def test_streaming_call_merges_hosts(testbed):
     hosts = names(testbed)[:3]
     with SysinfoAgent(hosts, ssh_options=testbed.ssh_options()) as agent:
