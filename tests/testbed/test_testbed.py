@@ -207,8 +207,13 @@ def test_leftovers_reports_stray_process_and_session_entry(testbed):
     session = testbed.session_dirs(host)["fleet"] / "leftover-test"
     session.mkdir(parents=True)
     try:
+        # The shell returns once it has forked; until the child has exec'd sleep, its cmdline can read empty.
+        deadline = time.monotonic() + 10
         left = testbed.leftovers(host)
-        assert any("sleep 300" in item for item in left), left
+        while not any("sleep 300" in item for item in left):
+            assert time.monotonic() < deadline, left
+            time.sleep(0.05)
+            left = testbed.leftovers(host)
         assert any(str(session) in item for item in left), left
         assert testbed.leftovers(testbed.hosts[4]) == []
     finally:
