@@ -351,6 +351,23 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _plot_tool(
+    ax: Any, phase: dict[str, Any], sizes: list[str], tool: str, metric: str, markers: dict[str, str]
+) -> None:
+    """One tool's median ``metric`` against fleet size, on ``ax``; nothing if the tool has no value."""
+    xs = [int(k) for k in sizes if _get(phase, k, tool, metric, "median") is not None]
+    ys = [_get(phase, str(k), tool, metric, "median") for k in xs]
+    if xs:
+        ax.plot(
+            xs,
+            ys,
+            marker=markers.get(tool, "o"),
+            color=COLORS.get(tool),
+            label=LABELS.get(tool, tool),
+            lw=2.5 if tool == "sshfleet" else 1.2,
+        )
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -369,17 +386,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     cold = results.get("cold") or {}
     sizes = _sizes(results, "cold")
     for tool in next(iter(cold.values()), {}):
-        xs = [int(k) for k in sizes if _get(cold, k, tool, "seconds", "median") is not None]
-        ys = [_get(cold, str(k), tool, "seconds", "median") for k in xs]
-        if xs:
-            ax.plot(
-                xs,
-                ys,
-                marker=markers.get(tool, "o"),
-                color=COLORS.get(tool),
-                label=LABELS.get(tool, tool),
-                lw=2.5 if tool == "sshfleet" else 1.2,
-            )
+        _plot_tool(ax, cold, sizes, tool, "seconds", markers)
     ax.set(title="Cold start (connect + trivial call + close)", xlabel="hosts", ylabel="seconds (log)")
     _log_axes(ax, sizes)
 
@@ -390,17 +397,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for k in wsizes:
         tools += [t for t in warm[k] if t not in tools]
     for tool in tools:
-        xs = [int(k) for k in wsizes if _get(warm, k, tool, "round_ms", "median") is not None]
-        ys = [_get(warm, str(k), tool, "round_ms", "median") for k in xs]
-        if xs:
-            ax.plot(
-                xs,
-                ys,
-                marker=markers.get(tool, "o"),
-                color=COLORS.get(tool),
-                label=LABELS.get(tool, tool),
-                lw=2.5 if tool == "sshfleet" else 1.2,
-            )
+        _plot_tool(ax, warm, wsizes, tool, "round_ms", markers)
     ax.set(title="Warm fan-out: one trivial call on every host", xlabel="hosts", ylabel="ms per round (log)")
     _log_axes(ax, wsizes)
 

@@ -42,11 +42,10 @@ from sshfleet.errors import (
     SshFleetError,
     UsageError,
 )
+from sshfleet.remote.runtime import TOKEN_KEY, TRACEBACK_KEY
 
 log = logging.getLogger(__name__)
 
-TOKEN_KEY = "x-sshfleet-token"
-TRACEBACK_KEY = "x-sshfleet-traceback-bin"
 _CHANNEL_OPTIONS = [
     # Each host has its own servicer: C-core's retry buffering is only per-call cost here.
     ("grpc.enable_retries", 0),
@@ -223,12 +222,8 @@ class Agent:
             else:
                 state.tunnel = Tunnel(self._hub, conn, process.port, open_timeout=self.timeouts.connect)
                 target = state.tunnel.target
-            state.channel, state.calls = self._hub.call(lambda: _open_channel(target, state.metadata))
-            # Connect HTTP/2 through the forward and open a call stream now, while other hosts still bootstrap,
-            # rather than in the first call (~0.1 s of the first call at 32 hosts before).
             try:
-                self._hub.run(asyncio.wait_for(state.channel.channel_ready(), self.timeouts.connect))
-                self._hub.call(state.calls.prime)
+                self._hub.run(_open_channel(state, target, self.timeouts.connect))
             except asyncio.TimeoutError:
                 raise ChannelError(
                     spec.name, "the servicer started but its port could not be reached through the SSH forward"
@@ -277,6 +272,10 @@ class Agent:
             raise UsageError(f"{type(self).__name__} has no method {name!r}{hint} (methods: {', '.join(names)})")
         return method
 
+    def _path(self, method: Any) -> str:
+        """The gRPC method path, ``/package.Service/Method``."""
+        return f"/{self._service.full_name}/{method.name}"
+
     def _request(self, method: Any, fields: Mapping[str, object]) -> Any:
         message_class = self._pb2_message(method.input_type)
         present = {k: v for k, v in fields.items() if v is not None}
@@ -291,7 +290,7 @@ class Agent:
         mc = state.methods.get(method.name)
         if mc is None:
             assert state.channel is not None
-            path = f"/{self._service.full_name}/{method.name}"
+            path = self._path(method)
             request_cls = self._pb2_message(method.input_type)
             reply_cls = self._pb2_message(method.output_type)
             kind = {
@@ -326,7 +325,7 @@ class Agent:
     async def _fanout(self, method: Any, request: Any, deadline: float) -> dict[str, Outcome]:
         # The hot path of every fan-out: the request is serialized once for all hosts, and each host's call
         # is one frame each way on one of its idle call streams (sshfleet/_calls.py).
-        path = f"/{self._service.full_name}/{method.name}".encode()
+        path = self._path(method).encode()
         payload = request.SerializeToString()
         reply_cls = self._pb2_message(method.output_type)
         states = list(self._hosts.values())
@@ -456,16 +455,9 @@ class Agent:
 
     def _teardown_host(self, state: HostAgent, stop_deadline: Optional[float] = None) -> None:
         _lifelines.forget(state)
-        if state.calls is not None:
-            calls, state.calls = state.calls, None
-            self._hub.loop.call_soon_threadsafe(calls.close)
-        if state.sync_channel is not None:
-            sync_channel, state.sync_channel = state.sync_channel, None
-            sync_channel.close()
-        if state.channel is not None:
-            channel, state.channel = state.channel, None
+        if state.calls is not None or state.sync_channel is not None or state.channel is not None:
             with contextlib.suppress(Exception):
-                self._hub.run(channel.close(), timeout=2)
+                self._hub.run(_close_channels([state]), timeout=2)
         if state.tunnel is not None:
             state.tunnel.close()
             state.tunnel = None
@@ -547,10 +539,14 @@ async def _close_channels(states: list[HostAgent]) -> None:
     await asyncio.gather(*(channel.close() for channel in channels), return_exceptions=True)
 
 
-def _open_channel(target: str, metadata: tuple[tuple[str, str], ...]) -> tuple[grpc.aio.Channel, CallStreams]:
-    """A host's gRPC channel and its call streams; on the hub loop, where grpc.aio objects must live."""
-    channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
-    return channel, CallStreams(channel, metadata)
+async def _open_channel(state: HostAgent, target: str, timeout: float) -> None:
+    """Give ``state`` its gRPC channel and call streams (grpc.aio objects live on the hub loop), connect
+    HTTP/2 through the forward and open a call stream now, while other hosts still bootstrap, rather than in
+    the first call (~0.1 s of the first call at 32 hosts before). Raises asyncio.TimeoutError."""
+    state.channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    state.calls = CallStreams(state.channel, state.metadata)
+    await asyncio.wait_for(state.channel.channel_ready(), timeout)
+    state.calls.prime()
 
 
 _lifelines = Lifelines()

@@ -6,21 +6,19 @@ open bidi stream costs a fraction of that (bench/profile/FINDINGS.md). So each h
 runtime's ``/sshfleet.Runtime/Calls`` method, and each unary call takes one, sends one frame (call id, timeout,
 method path, serialized request) and reads one reply frame (call id, status, details, traceback, response).
 A stream carries one call at a time, so concurrent calls to one host each get their own stream, and a call's
-deadline is kept by cancelling its stream. The frame layout is the runtime's (sshfleet/remote/runtime.py).
+deadline is kept by cancelling its stream. The frame layout is defined once, in sshfleet/remote/runtime.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
 from typing import Any
 
 import grpc
 import grpc.aio
 
-CALLS_METHOD = "/sshfleet.Runtime/Calls"
-REQUEST_HEAD = struct.Struct("!IdH")
-REPLY_HEAD = struct.Struct("!IHII")
+from sshfleet.remote.runtime import CALLS_METHOD, REPLY_HEAD, REQUEST_HEAD  # one frame layout, both ends
+
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 

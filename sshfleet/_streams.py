@@ -39,7 +39,6 @@ class StreamCall(Iterator[tuple[str, Outcome]]):
         self._items: collections.deque[Any] = collections.deque()  # filled on the loop, under _lock
         self._batch: collections.deque[Any] = collections.deque()  # the consumer's own, no lock
         self._waiting = False  # the consumer sleeps on _ready (under _lock)
-        self.pending = 0
         states = list(agent._hosts.values())
         self.pending = len(states)
         self.request_cls = agent._pb2_message(method.input_type)
@@ -161,9 +160,10 @@ class SingleHostStream(Iterator[tuple[str, Outcome]]):
         self._done = False
         channel = agent._sync_channel(state)
         reply_cls = agent._pb2_message(method.output_type)
-        path = f"/{agent._service.full_name}/{method.name}"
         multicallable = channel.unary_stream(
-            path, request_serializer=type(request).SerializeToString, response_deserializer=reply_cls.FromString
+            agent._path(method),
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=reply_cls.FromString,
         )
         self._call = multicallable(request, timeout=deadline, metadata=state.metadata)
 
