@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sshfleet import errors
 from sshfleet._options import HostSpec, SshOptions, Timeouts
 from sshfleet.errors import (
+    AgentException,
     AuthenticationError,
     BootstrapError,
     CallError,
@@ -24,7 +25,7 @@ from sshfleet.errors import (
 )
 
 if TYPE_CHECKING:
-    from sshfleet._agent import Agent, AgentException
+    from sshfleet._agent import Agent
     from sshfleet._codegen import load_agent
     from sshfleet._responses import Responses
     from sshfleet.inventory import Inventory, load_hosts
@@ -34,7 +35,6 @@ __version__ = "0.1.0"
 # Imported on first use: they pull in grpc, which `sshfleet ping` and `--help` do not need.
 _LAZY = {
     "Agent": "sshfleet._agent",
-    "AgentException": "sshfleet._agent",
     "Responses": "sshfleet._responses",
     "load_agent": "sshfleet._codegen",
     "Inventory": "sshfleet.inventory",

@@ -35,11 +35,11 @@ from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, Timeouts, Tra
 from sshfleet._responses import Outcome, Responses
 from sshfleet._streams import SingleHostStream, StreamCall
 from sshfleet.errors import (
+    AgentException,
     CallError,
     CallTimeout,
     ChannelError,
     HostError,
-    SshFleetError,
     UsageError,
 )
 from sshfleet.remote.runtime import TOKEN_KEY, TRACEBACK_KEY
@@ -58,10 +58,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 256 << 20),
 ]
 HostsArg = Union[str, HostSpec, Iterable[Union[str, HostSpec]]]
-
-
-class AgentException(SshFleetError):
-    """Base of the ``XAgentException`` class that every generated agent module defines."""
 
 
 def _to_specs(hosts: HostsArg) -> list[HostSpec]:
@@ -95,6 +91,7 @@ class Agent:
     _servicer_module: ClassVar[str] = ""
     _module_file: ClassVar[str] = ""
     _extra_files: ClassVar[Sequence[str]] = ()
+    _exception: ClassVar[type[AgentException]] = AgentException
 
     def __init__(
         self,
@@ -188,7 +185,7 @@ class Agent:
         workers = min(self.options.forks, len(self._specs))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sshfleet-start") as pool:
             outcomes = list(pool.map(self._start_host, self._specs))
-        return Responses("start", dict(zip((s.name for s in self._specs), outcomes)))
+        return Responses("start", dict(zip((s.name for s in self._specs), outcomes)), error=self._exception)
 
     def _start_host(self, spec: HostSpec) -> Outcome:
         state = self._hosts[spec.name]
@@ -307,8 +304,32 @@ class Agent:
         return mc
 
     def call(self, method: str, timeout: Optional[float] = None, **fields: Any) -> Responses:
-        """Call a unary RPC by name on every host (what the generated methods do)."""
+        """Call a unary RPC by name on every host, its request's fields as keywords."""
         return self._call(method, fields, timeout=timeout)
+
+    def invoke(self, method: str, fields: Mapping[str, object], *, timeout: Optional[float] = None) -> Responses:
+        """Call the unary RPC ``method`` on every host: the hook every generated method calls.
+
+        ``fields`` are the request's fields (None values are left unset); ``timeout`` is the call's deadline in
+        seconds (None: ``Timeouts.call``). Returns one outcome per host by the deadline; raises UsageError
+        (before anything goes on the network) for an unknown method or field, or a streaming method.
+        """
+        return self._call(method, fields, timeout=timeout)
+
+    def invoke_stream(
+        self,
+        method: str,
+        request: Union[Mapping[str, object], Iterable[Any], None] = None,
+        *,
+        timeout: Optional[float] = None,
+    ) -> Iterator[tuple[str, Outcome]]:
+        """Call the streaming RPC ``method`` on every host: the hook generated streaming methods call.
+
+        ``request`` is the request's fields (server streaming) or an iterable of messages or field dicts sent to
+        every host (client streaming). Yields ``(host, reply)`` as replies arrive, ``(host, HostError)`` once for
+        a host that fails; ``close()`` on the iterator cancels every host's call.
+        """
+        return self._call_stream(method, request, timeout=timeout)
 
     def _call(self, name: str, fields: Mapping[str, object], *, timeout: Optional[float] = None) -> Responses:
         self._check_open()
@@ -320,7 +341,7 @@ class Agent:
         if deadline <= 0:
             raise UsageError(f"timeout must be positive, got {timeout!r}")
         outcomes = self._hub.run(self._fanout(method, request, deadline), timeout=deadline + 30)
-        return Responses(name, outcomes)
+        return Responses(name, outcomes, error=self._exception)
 
     async def _fanout(self, method: Any, request: Any, deadline: float) -> dict[str, Outcome]:
         # The hot path of every fan-out: the request is serialized once for all hosts, and each host's call

@@ -34,9 +34,12 @@ def _comment(reply: Any) -> str:
 class Responses(Mapping[str, Outcome]):
     """host -> outcome of one call, iterated in host order (the order the agent was given its hosts)."""
 
-    def __init__(self, method: str, outcomes: Mapping[str, Outcome]) -> None:
+    def __init__(
+        self, method: str, outcomes: Mapping[str, Outcome], *, error: type[FleetError] = FleetError
+    ) -> None:
         self.method = method
         self._outcomes = dict(outcomes)
+        self._error = error  # what raise_for_status() raises: the agent's own XAgentException
 
     def __getitem__(self, host: str) -> Outcome:
         return self._outcomes[host]
@@ -86,9 +89,10 @@ class Responses(Mapping[str, Outcome]):
         return "\n".join(lines)
 
     def raise_for_status(self) -> Responses:
-        """Raise FleetError (carrying every outcome) unless all hosts succeeded; return self otherwise."""
+        """Raise FleetError (the agent's ``XAgentException`` for an agent's call), carrying every outcome,
+        unless all hosts succeeded; return self otherwise."""
         if not self.success():
-            raise FleetError(self)
+            raise self._error(self)
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -18,6 +18,7 @@
     │  └─ CallError(.method, .code, .details, .remote_traceback)   an RPC failed on that host
     │     └─ CallTimeout                the RPC ran past its deadline
     └─ FleetError(.responses)           raised only on request (``Responses.raise_for_status()``)
+       └─ AgentException                base of each generated agent's ``XAgentException``
 
 Third-party exceptions (paramiko, grpc, OSError) are translated at the layer that meets them, always
 ``raise X(...) from exc`` so the original stays in ``__cause__``.
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from sshfleet._responses import Responses
 
 __all__ = [
+    "AgentException",
     "AuthenticationError",
     "BootstrapError",
     "CallError",
@@ -190,3 +192,11 @@ class FleetError(SshFleetError):
         self.responses = responses
         failed = ", ".join(responses.failed)
         super().__init__(f"{len(responses.failed)} of {len(responses)} hosts failed: {failed}")
+
+
+class AgentException(FleetError):
+    """Base of the ``XAgentException`` class that every generated agent module defines.
+
+    ``Responses.raise_for_status()`` of an agent's call raises the agent's own exception, so a script can
+    ``except TcpDumpAgentException`` as the seed's examples do, and still reach every host's outcome.
+    """
