@@ -22,6 +22,13 @@ except ImportError:
 __all__ = ["ExecAgent", "ExecAgentException"]
 
 
+class ExecAgentException(sshfleet.AgentException):
+    """Raised by ``raise_for_status()`` of ExecAgent's Responses when a host failed.
+
+    ``.responses`` holds every host's outcome.
+    """
+
+
 class ExecAgent(sshfleet.Agent):
     """Run commands on the hosts: argv exactly as given (a shell only when asked), stdin from /dev/null unless
     given, each command in its own process group, optionally on a pseudo-terminal.
@@ -32,6 +39,7 @@ class ExecAgent(sshfleet.Agent):
     _service_name = "exec.ExecAgent"
     _servicer_module = "exec_servicer"
     _module_file = __file__
+    _exception = ExecAgentException
 
     def Run(
         self,
@@ -63,7 +71,7 @@ class ExecAgent(sshfleet.Agent):
         Returns:
             Responses: each host's exec.RunReply or error.
         """
-        return self._call(
+        return self.invoke(
             "Run",
             {
                 "argv": argv,
@@ -93,8 +101,4 @@ class ExecAgent(sshfleet.Agent):
         Returns:
             An iterator of (host, exec.SessionOutput) pairs, in arrival order.
         """
-        return self._call_stream("Session", requests, timeout=timeout)
-
-
-class ExecAgentException(sshfleet.AgentException):
-    """Base of the errors specific to ExecAgent."""
+        return self.invoke_stream("Session", requests, timeout=timeout)

@@ -22,6 +22,13 @@ except ImportError:
 __all__ = ["HttpClientAgent", "HttpClientAgentException"]
 
 
+class HttpClientAgentException(sshfleet.AgentException):
+    """Raised by ``raise_for_status()`` of HttpClientAgent's Responses when a host failed.
+
+    ``.responses`` holds every host's outcome.
+    """
+
+
 class HttpClientAgent(sshfleet.Agent):
     """HTTP GETs of /bytes/<size> to a list of servers at a steady rate, optionally through a SOCKS proxy."""
 
@@ -30,6 +37,7 @@ class HttpClientAgent(sshfleet.Agent):
     _service_name = "http_client_agent.HttpClientAgent"
     _servicer_module = "http_client_agent_servicer"
     _module_file = __file__
+    _exception = HttpClientAgentException
 
     def Configure(
         self,
@@ -63,7 +71,7 @@ class HttpClientAgent(sshfleet.Agent):
         Returns:
             Responses: each host's http_client_agent.Response or error.
         """
-        return self._call(
+        return self.invoke(
             "Configure",
             {
                 "sizes": sizes,
@@ -93,7 +101,7 @@ class HttpClientAgent(sshfleet.Agent):
         Returns:
             Responses: each host's http_client_agent.Response or error.
         """
-        return self._call("StartTraffic", {"servers": servers}, timeout=timeout)
+        return self.invoke("StartTraffic", {"servers": servers}, timeout=timeout)
 
     def StopTraffic(self, *, timeout: Optional[float] = None) -> Responses:
         """Stop sending; the comment counts the requests, failures and bytes received.
@@ -104,7 +112,7 @@ class HttpClientAgent(sshfleet.Agent):
         Returns:
             Responses: each host's http_client_agent.Response or error.
         """
-        return self._call("StopTraffic", {}, timeout=timeout)
+        return self.invoke("StopTraffic", {}, timeout=timeout)
 
     def ChangeTraffic(self, *, stepsize: Optional[int] = None, timeout: Optional[float] = None) -> Responses:
         """Add stepsize to the rate (requests per second), also while traffic runs; the rate never goes below
@@ -117,8 +125,4 @@ class HttpClientAgent(sshfleet.Agent):
         Returns:
             Responses: each host's http_client_agent.Response or error.
         """
-        return self._call("ChangeTraffic", {"stepsize": stepsize}, timeout=timeout)
-
-
-class HttpClientAgentException(sshfleet.AgentException):
-    """Base of the errors specific to HttpClientAgent."""
+        return self.invoke("ChangeTraffic", {"stepsize": stepsize}, timeout=timeout)

@@ -21,6 +21,13 @@ except ImportError:
 __all__ = ["HttpServerAgent", "HttpServerAgentException"]
 
 
+class HttpServerAgentException(sshfleet.AgentException):
+    """Raised by ``raise_for_status()`` of HttpServerAgent's Responses when a host failed.
+
+    ``.responses`` holds every host's outcome.
+    """
+
+
 class HttpServerAgent(sshfleet.Agent):
     """A threaded HTTP server on the host: GET /bytes/N answers N bytes."""
 
@@ -29,6 +36,7 @@ class HttpServerAgent(sshfleet.Agent):
     _service_name = "http_server_agent.HttpServerAgent"
     _servicer_module = "http_server_agent_servicer"
     _module_file = __file__
+    _exception = HttpServerAgentException
 
     def StartServer(
         self,
@@ -47,7 +55,7 @@ class HttpServerAgent(sshfleet.Agent):
         Returns:
             Responses: each host's http_server_agent.Response or error.
         """
-        return self._call("StartServer", {"port": port, "address": address}, timeout=timeout)
+        return self.invoke("StartServer", {"port": port, "address": address}, timeout=timeout)
 
     def StopServer(self, *, timeout: Optional[float] = None) -> Responses:
         """Stop the server; the comment says how many requests and bytes it served.
@@ -58,8 +66,4 @@ class HttpServerAgent(sshfleet.Agent):
         Returns:
             Responses: each host's http_server_agent.Response or error.
         """
-        return self._call("StopServer", {}, timeout=timeout)
-
-
-class HttpServerAgentException(sshfleet.AgentException):
-    """Base of the errors specific to HttpServerAgent."""
+        return self.invoke("StopServer", {}, timeout=timeout)

@@ -22,6 +22,13 @@ except ImportError:
 __all__ = ["SysinfoAgent", "SysinfoAgentException"]
 
 
+class SysinfoAgentException(sshfleet.AgentException):
+    """Raised by ``raise_for_status()`` of SysinfoAgent's Responses when a host failed.
+
+    ``.responses`` holds every host's outcome.
+    """
+
+
 class SysinfoAgent(sshfleet.Agent):
     """Facts about the host (uname, Python, pid) plus sleep, failure and streaming probes."""
 
@@ -30,6 +37,7 @@ class SysinfoAgent(sshfleet.Agent):
     _service_name = "sysinfo.SysinfoAgent"
     _servicer_module = "sysinfo_servicer"
     _module_file = __file__
+    _exception = SysinfoAgentException
 
     def Uname(self, *, timeout: Optional[float] = None) -> Responses:
         """Identify the host: uname fields, the Python version that runs the servicer, and its pid.
@@ -40,7 +48,7 @@ class SysinfoAgent(sshfleet.Agent):
         Returns:
             Responses: each host's sysinfo.UnameReply or error.
         """
-        return self._call("Uname", {}, timeout=timeout)
+        return self.invoke("Uname", {}, timeout=timeout)
 
     def Sleep(self, *, seconds: Optional[float] = None, timeout: Optional[float] = None) -> Responses:
         """Sleep on the host, then answer; returns early if the call is cancelled or its deadline passes.
@@ -52,7 +60,7 @@ class SysinfoAgent(sshfleet.Agent):
         Returns:
             Responses: each host's sysinfo.Response or error.
         """
-        return self._call("Sleep", {"seconds": seconds}, timeout=timeout)
+        return self.invoke("Sleep", {"seconds": seconds}, timeout=timeout)
 
     def Fail(self, *, message: Optional[str] = None, timeout: Optional[float] = None) -> Responses:
         """Raise RuntimeError(message) in the servicer, so the caller sees a remote traceback.
@@ -64,7 +72,7 @@ class SysinfoAgent(sshfleet.Agent):
         Returns:
             Responses: each host's sysinfo.Response or error.
         """
-        return self._call("Fail", {"message": message}, timeout=timeout)
+        return self.invoke("Fail", {"message": message}, timeout=timeout)
 
     def Count(
         self,
@@ -83,8 +91,4 @@ class SysinfoAgent(sshfleet.Agent):
         Returns:
             An iterator of (host, sysinfo.Chunk) pairs, in arrival order.
         """
-        return self._call_stream("Count", {"n": n, "size": size}, timeout=timeout)
-
-
-class SysinfoAgentException(sshfleet.AgentException):
-    """Base of the errors specific to SysinfoAgent."""
+        return self.invoke_stream("Count", {"n": n, "size": size}, timeout=timeout)

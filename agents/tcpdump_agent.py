@@ -21,6 +21,13 @@ except ImportError:
 __all__ = ["TcpDumpAgent", "TcpDumpAgentException"]
 
 
+class TcpDumpAgentException(sshfleet.AgentException):
+    """Raised by ``raise_for_status()`` of TcpDumpAgent's Responses when a host failed.
+
+    ``.responses`` holds every host's outcome.
+    """
+
+
 class TcpDumpAgent(sshfleet.Agent):
     """Capture the traffic between a host and one destination with tcpdump, then archive the capture."""
 
@@ -29,6 +36,7 @@ class TcpDumpAgent(sshfleet.Agent):
     _service_name = "tcpdump_agent.TcpDumpAgent"
     _servicer_module = "tcpdump_agent_servicer"
     _module_file = __file__
+    _exception = TcpDumpAgentException
 
     def Configure(
         self,
@@ -49,7 +57,7 @@ class TcpDumpAgent(sshfleet.Agent):
         Returns:
             Responses: each host's tcpdump_agent.Response or error.
         """
-        return self._call("Configure", {"dumpfile": dumpfile, "agentlog": agentlog}, timeout=timeout)
+        return self.invoke("Configure", {"dumpfile": dumpfile, "agentlog": agentlog}, timeout=timeout)
 
     def StartCollection(
         self,
@@ -67,7 +75,7 @@ class TcpDumpAgent(sshfleet.Agent):
         Returns:
             Responses: each host's tcpdump_agent.Response or error.
         """
-        return self._call("StartCollection", {"destination": destination}, timeout=timeout)
+        return self.invoke("StartCollection", {"destination": destination}, timeout=timeout)
 
     def StopCollection(self, *, timeout: Optional[float] = None) -> Responses:
         """Stop the running capture; the comment gives tcpdump's packet counts. Fails if none is running.
@@ -78,7 +86,7 @@ class TcpDumpAgent(sshfleet.Agent):
         Returns:
             Responses: each host's tcpdump_agent.Response or error.
         """
-        return self._call("StopCollection", {}, timeout=timeout)
+        return self.invoke("StopCollection", {}, timeout=timeout)
 
     def ArchiveDump(
         self,
@@ -99,8 +107,4 @@ class TcpDumpAgent(sshfleet.Agent):
         Returns:
             Responses: each host's tcpdump_agent.Response or error.
         """
-        return self._call("ArchiveDump", {"path": path, "tag": tag}, timeout=timeout)
-
-
-class TcpDumpAgentException(sshfleet.AgentException):
-    """Base of the errors specific to TcpDumpAgent."""
+        return self.invoke("ArchiveDump", {"path": path, "tag": tag}, timeout=timeout)

@@ -5,8 +5,9 @@ private cache and returns the client class, for scripts that want an agent strai
 
 For ``NAME.proto`` with ``service X``: ``NAME_pb2.py`` (+ ``.pyi``) and ``NAME_pb2_grpc.py`` from
 grpcio-tools, the client ``NAME.py`` with ``class XAgent(sshfleet.Agent)`` ("Agent" appended unless X ends
-with it) and ``XAgentException``, and the template ``NAME_servicer.py`` with ``class XServicer`` and
-``AddServicer(server)``.
+with it; its methods call the public hooks ``invoke()`` / ``invoke_stream()``) and ``XAgentException`` (what
+``raise_for_status()`` of its Responses raises), and the template ``NAME_servicer.py`` with ``class XServicer``
+and ``AddServicer(server)``.
 """
 
 from __future__ import annotations

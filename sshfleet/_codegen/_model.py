@@ -45,7 +45,7 @@ _SERVICE_METHOD = 2
 
 @dataclass(frozen=True)
 class FieldInfo:
-    name: str  # the proto name, the key passed to _call
+    name: str  # the proto name, the key passed to invoke()
     param: str  # the Python keyword: the name, or name_ when it is a Python keyword
     hint: str  # the type hint without Optional
     type_name: str  # the proto type as written, for docstrings: "double", "repeated string", ...

@@ -26,7 +26,7 @@ import sshfleet._codegen as codegen
 from sshfleet._cli import EXIT_OK, EXIT_USAGE, main
 from sshfleet._codegen import build, generate, load_agent
 from sshfleet._codegen._protoc import generator_version
-from sshfleet.errors import ProtoError
+from sshfleet.errors import AgentException, FleetError, ProtoError
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSINFO = ROOT / "proto" / "sysinfo.proto"
@@ -37,17 +37,13 @@ _packages = itertools.count()
 
 
 class FakeAgent:
-    """Stands in for sshfleet.Agent: records what a generated method asks the base class to do."""
+    """Stands in for sshfleet.Agent with only its public hooks: records what a generated method asks of them."""
 
-    def _call(self, name: str, fields: Any, *, timeout: Any = None) -> tuple[Any, ...]:
-        return ("call", name, dict(fields), timeout)
+    def invoke(self, method: str, fields: Any, *, timeout: Any = None) -> tuple[Any, ...]:
+        return ("call", method, dict(fields), timeout)
 
-    def _call_stream(self, name: str, request: Any, *, timeout: Any = None) -> tuple[Any, ...]:
-        return ("stream", name, request, timeout)
-
-
-class FakeAgentException(Exception):
-    pass
+    def invoke_stream(self, method: str, request: Any = None, *, timeout: Any = None) -> tuple[Any, ...]:
+        return ("stream", method, request, timeout)
 
 
 class FakeResponses:
@@ -57,8 +53,8 @@ class FakeResponses:
 @pytest.fixture(autouse=True)
 def fake_base_classes(monkeypatch: pytest.MonkeyPatch) -> None:
     # Generated clients subclass sshfleet.Agent at import; these tests exercise only what they generate.
+    # sshfleet.AgentException stays the real one: the generated exception's place in the error tree is tested.
     monkeypatch.setattr(sshfleet, "Agent", FakeAgent, raising=False)
-    monkeypatch.setattr(sshfleet, "AgentException", FakeAgentException, raising=False)
     monkeypatch.setattr(sshfleet, "Responses", FakeResponses, raising=False)
 
 
@@ -100,6 +96,20 @@ def _serialized_descriptor(pb2_text: str) -> bytes:
 
 
 PROTOS = sorted((ROOT / "proto").glob("*.proto"))
+
+
+def _min_python() -> tuple[int, int]:
+    """bootstrap's MIN_PYTHON, the oldest host Python, read from its source (importing it runs the bootstrap)."""
+    tree = ast.parse((ROOT / "sshfleet" / "remote" / "bootstrap.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["MIN_PYTHON"]:
+            value = ast.literal_eval(node.value)
+            assert isinstance(value, tuple) and len(value) == 2
+            return value
+    raise AssertionError("no MIN_PYTHON in sshfleet/remote/bootstrap.py")
+
+
+MIN_PYTHON = _min_python()
 
 
 def test_every_built_in_agent_is_checked() -> None:
@@ -203,7 +213,6 @@ def test_client_class_attributes(kitchen: Path) -> None:
     client = import_generated(kitchen, "kitchen")
     cls = client.KitchenAgent  # "Agent" appended to the service name Kitchen
     assert issubclass(cls, FakeAgent)
-    assert issubclass(client.KitchenAgentException, FakeAgentException)
     assert client.__all__ == ["KitchenAgent", "KitchenAgentException"]
     assert cls._service_name == "kitchen.Kitchen"
     assert cls._servicer_module == "kitchen_servicer"
@@ -212,13 +221,44 @@ def test_client_class_attributes(kitchen: Path) -> None:
     assert cls._pb2_grpc.KitchenStub is not None
 
 
+def test_client_exception_is_the_agents_own_fleet_error(kitchen: Path) -> None:
+    client = import_generated(kitchen, "kitchen")
+    exception = client.KitchenAgentException
+    assert client.KitchenAgent._exception is exception  # what its Responses' raise_for_status() raises
+    assert exception is not AgentException
+    assert issubclass(exception, AgentException) and issubclass(exception, FleetError)
+    assert exception.__module__ == client.__name__
+    assert "raise_for_status()" in exception.__doc__ and ".responses" in exception.__doc__
+
+
+def test_client_uses_only_the_agents_public_hooks(kitchen: Path) -> None:
+    tree = ast.parse((kitchen / "kitchen.py").read_text())
+    on_self = [
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+    ]
+    assert set(on_self) == {"invoke", "invoke_stream"}, on_self
+
+
+@pytest.mark.parametrize("hook", ["invoke", "invoke_stream"])
+def test_fake_agent_hooks_match_the_real_ones(hook: str) -> None:
+    # The generated calls are checked against FakeAgent: it must take what sshfleet.Agent's hooks take.
+    from sshfleet._agent import Agent
+
+    def shape(function: Any) -> list[tuple[str, Any]]:
+        return [(p.name, p.kind) for p in inspect.signature(function).parameters.values()]
+
+    assert shape(getattr(FakeAgent, hook)) == shape(getattr(Agent, hook))
+
+
 def test_client_methods_pass_fields_and_deadline(kitchen: Path) -> None:
     agent = import_generated(kitchen, "kitchen").KitchenAgent()
     call = agent.Cook(i32=1, from_="me", timeout=5)
     assert call[:2] == ("call", "Cook")
     assert call[2]["i32"] == 1
     assert call[2]["from"] == "me"
-    assert call[2]["name"] is None  # _call drops None: unset fields keep their proto defaults
+    assert call[2]["name"] is None  # invoke() drops None: unset fields keep their proto defaults
     assert call[3] == 5
     assert agent.Timed(timeout=1.5, rpc_timeout=3) == ("call", "Timed", {"timeout": 1.5}, 3)
     assert agent.Watch(name="x")[:2] == ("stream", "Watch")
@@ -359,10 +399,15 @@ def test_servicer_template_unpacks_request_fields(kitchen: Path) -> None:
     assert "def AddServicer(server):\n    pb_grpc.add_KitchenServicer_to_server(KitchenServicer(), server)" in text
 
 
-def test_host_side_code_parses_as_python_3_8(kitchen: Path) -> None:
-    # Servicers run on the hosts' own python3, which may be as old as 3.8.
+def test_host_side_code_parses_as_the_oldest_host_python(kitchen: Path) -> None:
+    # Servicers run on the hosts' own python3, which may be as old as bootstrap's MIN_PYTHON.
     for path in (kitchen / "kitchen_servicer.py", *sorted((ROOT / "agents").glob("*_servicer.py"))):
-        ast.parse(path.read_text(), filename=str(path), feature_version=(3, 8))
+        ast.parse(path.read_text(), filename=str(path), feature_version=MIN_PYTHON)
+
+
+def test_servicer_template_states_the_oldest_host_python(kitchen: Path) -> None:
+    oldest = "Python >= {}.{}".format(*MIN_PYTHON)
+    assert f"# on {oldest}." in (kitchen / "kitchen_servicer.py").read_text()
 
 
 # --- CLI: --force, messages, errors -----------------------------------------------------------------
