@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from sshfleet._responses import Responses
-from sshfleet.errors import CallError, CallTimeout, ConnectError, FleetError
+from sshfleet.errors import AgentException, CallError, CallTimeout, ConnectError, FleetError
 
 
 def _message_classes():
@@ -81,7 +81,26 @@ def test_raise_for_status_carries_every_outcome():
     r = Responses("X", {"a": Response(success=True), "b": Response(success=False)})
     with pytest.raises(FleetError) as info:
         r.raise_for_status()
+    assert type(info.value) is FleetError  # not an agent's call: the plain FleetError
     assert info.value.responses is r
     assert "1 of 2 hosts failed: b" in str(info.value)
     ok = Responses("X", {"a": Response(success=True)})
+    assert ok.raise_for_status() is ok
+
+
+class SomeAgentException(AgentException):
+    pass
+
+
+def test_raise_for_status_raises_the_given_error_with_every_outcome():
+    down = ConnectError("c", "connection refused", phase="tcp")
+    outcomes = {"a": Response(success=True), "b": Response(success=False, comment="no tcpdump"), "c": down}
+    r = Responses("StartCollection", outcomes, error=SomeAgentException)
+    with pytest.raises(SomeAgentException) as info:
+        r.raise_for_status()
+    assert info.value.responses is r
+    assert dict(info.value.responses) == outcomes  # the hosts that succeeded too
+    assert list(info.value.responses.failed) == ["b", "c"]
+    assert "2 of 3 hosts failed: b, c" in str(info.value)
+    ok = Responses("StartCollection", {"a": Response(success=True)}, error=SomeAgentException)
     assert ok.raise_for_status() is ok
