@@ -16,6 +16,8 @@ import sys
 # Only a cold start (bundles to install) or a failure needs hashlib, shutil, tarfile, tempfile and traceback:
 # they are imported where used, so that a warm start does not pay for them on every host.
 
+# The oldest host Python, stated here and only here: comments and docs that name it must agree, and
+# tests/unit/test_remote_standalone.py runs sshfleet/remote/ standalone under it.
 MIN_PYTHON = (3, 9)
 COMPLETE_MARK = ".sshfleet-complete"
 
