@@ -22,25 +22,22 @@ from typing import Any
 
 from demo_support import Fleet, Host, add_fleet_arguments, fleet_from_args, print_captures, report, started
 
-from agents.http_client_agent import HttpClientAgent
-from agents.http_server_agent import HttpServerAgent
-from agents.tcpdump_agent import TcpDumpAgent
+from agents.http_client_agent import HttpClientAgent, HttpClientAgentException
+from agents.http_server_agent import HttpServerAgent, HttpServerAgentException
+from agents.tcpdump_agent import TcpDumpAgent, TcpDumpAgentException
 from sshfleet import SshFleetError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 HTTP_PORT = 8080
 
 
-class StepFailed(Exception):
-    pass
-
-
 def step(label: str, agent: Any, method: str, **fields: Any) -> None:
-    """Call ``agent.method(**fields)`` on its hosts, print each host's result, stop the experiment on failure."""
+    """Call ``agent.method(**fields)`` on its hosts and print each host's result; unless every host succeeded,
+    raise the agent's own exception (``TcpDumpAgentException``, ...), which stops the experiment."""
     shown = ", ".join(f"{k}={v!r}" for k, v in fields.items())
     responses = getattr(agent, method)(**fields)
-    if not report(f"{label}.{method}({shown})", responses):
-        raise StepFailed(f"{label}.{method} failed")
+    report(f"{label}.{method}({shown})", responses)
+    responses.raise_for_status()
 
 
 def roles(args: argparse.Namespace, fleet: Fleet) -> tuple[list[Host], list[Host], list[Host]]:
@@ -92,8 +89,8 @@ def run(args: argparse.Namespace, fleet: Fleet) -> int:
                 step("tcpdump", tcpdump, "ArchiveDump", path=str(archive), tag=args.tag)
             step("curl", curl, "StopTraffic")
             step("apache", apache, "StopServer")
-        except StepFailed as exc:
-            print(f"experiment stopped: {exc}", file=sys.stderr)
+        except (HttpServerAgentException, HttpClientAgentException, TcpDumpAgentException) as exc:
+            print(f"experiment stopped: {exc.responses.method}: {exc}", file=sys.stderr)
             return EXIT_FAILED
     # Agents closed: every servicer, and whatever it started (tcpdump, the server), is gone from the hosts.
     if capture:
