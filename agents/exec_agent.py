@@ -140,7 +140,7 @@ class ExecAgent(_GeneratedExecAgent):
         deadline = rpc_timeout if rpc_timeout is not None else (timeout + DEADLINE_MARGIN if timeout else None)
         fields = {f.name: getattr(request, f.name) for f in request.DESCRIPTOR.fields}
         fields["env"] = dict(request.env)
-        return self._call("Run", fields, timeout=deadline)
+        return self.invoke("Run", fields, timeout=deadline)
 
     def stream(
         self,
@@ -334,7 +334,8 @@ class ExecStream(Iterator[tuple[str, str, bytes]]):
     @property
     def results(self) -> Responses:
         """How each host ended so far: its RunReply (stdout/stderr empty: they were streamed) or HostError."""
-        return Responses("Session", {h: self._outcomes[h] for h in self.hosts if h in self._outcomes})
+        outcomes = {h: self._outcomes[h] for h in self.hosts if h in self._outcomes}
+        return Responses("Session", outcomes, error=ExecAgentException)
 
     @property
     def exit_codes(self) -> dict[str, Optional[int]]:

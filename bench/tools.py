@@ -150,9 +150,8 @@ class Sshfleet(Tool):
     def info(self) -> dict[str, Any]:
         if self.agent is None:
             return {}
-        state = next(iter(self.agent._hosts.values()))  # private, but the cipher is worth recording
-        conn = state.session.connection() if state.session is not None else None
-        return {"cipher": getattr(conn, "cipher", None)}
+        conn = self.agent.fleet.connection(self.agent.hosts[0])
+        return {"cipher": getattr(conn, "cipher", None)}  # the paramiko transport's; the cipher is worth recording
 
     def started(self) -> dict[str, Any]:
         return {h: dict(self.agent.started[h]) for h in self.agent.hosts}

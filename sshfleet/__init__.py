@@ -27,6 +27,7 @@ from sshfleet.errors import (
 if TYPE_CHECKING:
     from sshfleet._agent import Agent
     from sshfleet._codegen import load_agent
+    from sshfleet._fleet import Fleet
     from sshfleet._responses import Responses
     from sshfleet.inventory import Inventory, load_hosts
 
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 # Imported on first use: they pull in grpc, which `sshfleet ping` and `--help` do not need.
 _LAZY = {
     "Agent": "sshfleet._agent",
+    "Fleet": "sshfleet._fleet",
     "Responses": "sshfleet._responses",
     "load_agent": "sshfleet._codegen",
     "Inventory": "sshfleet.inventory",
@@ -61,6 +63,7 @@ __all__ = [
     "CallError",
     "CallTimeout",
     "ConnectError",
+    "Fleet",
     "FleetError",
     "HostError",
     "HostKeyError",

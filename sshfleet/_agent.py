@@ -1,14 +1,14 @@
 """``Agent``: the base class of every generated agent (API layer).
 
-``XAgent(hosts)`` connects to every host (bounded parallelism), starts the agent's servicer there, forwards its
-port, and turns each method call into one parallel gRPC call to every host, returning ``Responses``.
+``XAgent(fleet)`` starts the agent's servicer on every host of the Fleet over the host's shared connection
+(bounded parallelism), forwards its port, and turns each method call into one parallel gRPC call to every host,
+returning ``Responses``. ``XAgent(hosts)`` makes a Fleet of its own and closes it with the agent.
 A host that fails at any step is an outcome in every later Responses, never an exception.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import difflib
 import logging
@@ -16,24 +16,23 @@ import secrets
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
 import grpc
 import grpc.aio
 
-from sshfleet import _payload, _session, _ssh
+from sshfleet import _payload
 from sshfleet._bootstrap import start_servicer
 from sshfleet._calls import CallFailed, CallStreams
-from sshfleet._hub import Hub, Tunnel
+from sshfleet._fleet import Fleet, HostsArg, host_logger
+from sshfleet._hub import Hub
 from sshfleet._lifelines import HEARTBEAT, HostAgent, Lifelines
 from sshfleet._messages import build_request
 from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, Timeouts, Transport
 from sshfleet._responses import Outcome, Responses
-from sshfleet._streams import SingleHostStream, StreamCall
+from sshfleet._streams import SingleHostStream, StreamCall, StreamWiring
 from sshfleet.errors import (
     AgentException,
     CallError,
@@ -57,32 +56,21 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 << 20),
     ("grpc.max_send_message_length", 256 << 20),
 ]
-HostsArg = Union[str, HostSpec, Iterable[Union[str, HostSpec]]]
-
-
-def _to_specs(hosts: HostsArg) -> list[HostSpec]:
-    """Host strings (``user@host:port``, ranges like ``node[01:08]``) or HostSpecs, deduplicated by name."""
-    from sshfleet.inventory import load_hosts
-
-    items = [hosts] if isinstance(hosts, (str, HostSpec)) else list(hosts)
-    for item in items:
-        if not isinstance(item, (str, HostSpec)):
-            raise UsageError(f"hosts must be host strings ('user@host:port') or HostSpec objects, not {item!r}")
-    specs = load_hosts(items)
-    if not specs:
-        raise UsageError("no hosts given")
-    return specs
 
 
 class Agent:
     """Base class of generated agents; subclasses set the class attributes below (see ``sshfleet generate``).
 
-    Options: ``timeouts`` (a Timeouts), ``forks`` (how many hosts connect/bootstrap at once, default 64),
-    ``python`` (interpreter on the hosts; default: the inventory's, else ``python3`` from the login PATH),
-    ``host_key_policy`` ("strict" or "accept-new"), ``ssh_config``/``known_hosts``/``identity_file``/``user``,
-    ``transport`` ("paramiko", the default, or "openssh": the ssh binary, faster per call),
-    or a whole ``ssh_options`` (SshOptions) to start from. ``close()`` is idempotent and also runs on ``with``
-    exit and at interpreter exit.
+    ``XAgent(fleet)`` (or ``fleet.start(XAgent)``) runs on a Fleet's hosts over their shared connections;
+    ``XAgent(hosts)`` makes its own Fleet from host strings / HostSpecs with the SSH options given here:
+    ``forks`` (how many hosts connect/bootstrap at once, default 64), ``host_key_policy`` ("strict" or
+    "accept-new"), ``ssh_config``/``known_hosts``/``identity_file``/``user``, ``transport`` ("paramiko", the
+    default, or "openssh": the ssh binary, faster per call), ``keepalive``, or a whole ``ssh_options``.
+    With a Fleet, those belong to the Fleet and are refused here.
+    Agent options: ``timeouts`` (a Timeouts: its given fields override the fleet's bootstrap, call and close
+    deadlines), ``python`` (interpreter on the hosts; default: the inventory's, else ``python3`` from the login
+    PATH), ``servicer``, ``log_level``, ``liveness``. ``close()`` is idempotent and also runs on ``with`` exit,
+    when the fleet closes, and at interpreter exit.
     """
 
     _pb2: ClassVar[Any] = None
@@ -95,7 +83,7 @@ class Agent:
 
     def __init__(
         self,
-        hosts: HostsArg,
+        hosts: Union[Fleet, HostsArg],
         *,
         ssh_options: Optional[SshOptions] = None,
         timeouts: Optional[Timeouts] = None,
@@ -108,26 +96,38 @@ class Agent:
         user: Optional[str] = None,
         servicer: Optional[str] = None,
         transport: Optional[Transport] = None,
+        keepalive: Optional[float] = None,
         log_level: str = "INFO",
         liveness: float = 60.0,
     ) -> None:
         self._closed = True  # until started, close() has nothing to do
         if self._pb2 is None or not self._service_name:
             raise UsageError(f"{type(self).__name__} is not a generated agent class (no proto attached)")
-        options = ssh_options or SshOptions()
-        changes: dict[str, Any] = {
-            "timeouts": timeouts,
+        fleet_options: dict[str, Any] = {
+            "ssh_options": ssh_options,
             "forks": forks,
             "host_key_policy": host_key_policy,
             "ssh_config": ssh_config,
             "known_hosts": known_hosts,
+            "identity_file": identity_file,
             "user": user,
-            "identity_files": (identity_file,) if identity_file else None,
             "transport": transport,
+            "keepalive": keepalive,
         }
-        self.options = options.replace(**{k: v for k, v in changes.items() if v is not None})
-        self.timeouts = self.options.timeouts
-        self._specs = _to_specs(hosts)
+        if isinstance(hosts, Fleet):
+            refused = sorted(k for k, v in fleet_options.items() if v is not None)
+            if refused:
+                raise UsageError(
+                    f"{', '.join(refused)}: connection settings belong to the Fleet, not to an agent on it "
+                    "(give them to Fleet(...))"
+                )
+            self.fleet, self._owns_fleet = hosts, False
+        else:
+            self.fleet = Fleet(hosts, timeouts=timeouts, **fleet_options)
+            self._owns_fleet = True
+        self.options = self.fleet.options
+        self.timeouts = timeouts.over(self.fleet.timeouts) if timeouts is not None else self.fleet.timeouts
+        self._specs = list(self.fleet.specs)
         self._python = python
         self._service = self._service_descriptor()
         self._servicer_path = Path(servicer) if servicer else None
@@ -136,17 +136,42 @@ class Agent:
         self._log_level = log_level
         self._hub = Hub.get()
         self._sync_lock = threading.Lock()
+        self._wiring = StreamWiring(
+            hub=self._hub,
+            states=lambda: list(self._hosts.values()),
+            message_class=self._pb2_message,
+            method_path=self._path,
+            multicallable=self._multicallable,
+            sync_channel=self._sync_channel,
+            rpc_error=self._rpc_error,
+        )
         self._hosts: dict[str, HostAgent] = {spec.name: HostAgent(spec.name) for spec in self._specs}
+        try:
+            self.fleet._attach(self)
+        except BaseException:
+            if self._owns_fleet:
+                self.fleet.close()
+            raise
         self._closed = False
-        _live_agents.add(self)
         self.started = self._start()
 
     @classmethod
     def from_inventory(cls, path: str, pattern: str = "all", **options: Any) -> Agent:
         """Start the agent on the hosts of an inventory file that match ``pattern`` (Ansible patterns)."""
-        from sshfleet.inventory import load_hosts
+        from sshfleet.inventory import Inventory
 
-        return cls(load_hosts(path, pattern), **options)
+        inventory = Inventory.load(path)
+        agent_keys = {"timeouts", "python", "servicer", "log_level", "liveness"}
+        fleet = Fleet(
+            inventory.select(pattern), inventory=inventory, **{k: v for k, v in options.items() if k not in agent_keys}
+        )
+        try:
+            agent = cls(fleet, **{k: v for k, v in options.items() if k in agent_keys})
+        except BaseException:
+            fleet.close()
+            raise
+        agent._owns_fleet = True
+        return agent
 
     # --- start ------------------------------------------------------------------------------------------
 
@@ -182,17 +207,14 @@ class Agent:
         if _payload.local_tag() not in _payload.known_deps():
             _payload.prepare_local_deps()
         self._deps_index = _payload.known_deps()  # read once for all hosts, not once per host
-        workers = min(self.options.forks, len(self._specs))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sshfleet-start") as pool:
-            outcomes = list(pool.map(self._start_host, self._specs))
+        outcomes = self.fleet.each(self._start_host, self._specs)
         return Responses("start", dict(zip((s.name for s in self._specs), outcomes)), error=self._exception)
 
     def _start_host(self, spec: HostSpec) -> Outcome:
         state = self._hosts[spec.name]
-        hlog = _session.host_logger(__name__, spec.name)
+        hlog = host_logger(__name__, spec.name)
         try:
-            state.session = _session.acquire(spec, self.options)
-            conn = state.session.connection()
+            conn = self.fleet.connection(spec.name)
             secret = secrets.token_urlsafe(32)
             config = {
                 "secret": secret,
@@ -213,14 +235,9 @@ class Agent:
             )
             state.process = process
             state.metadata = ((TOKEN_KEY, secret),)
-            if isinstance(conn, _ssh.OpenSshConnection):
-                state.native_forward = conn.forward_unix("127.0.0.1", process.port, timeout=self.timeouts.connect)
-                target = f"unix:{state.native_forward}"
-            else:
-                state.tunnel = Tunnel(self._hub, conn, process.port, open_timeout=self.timeouts.connect)
-                target = state.tunnel.target
+            state.forward = conn.forward_local(process.port, timeout=self.timeouts.connect)
             try:
-                self._hub.run(_open_channel(state, target, self.timeouts.connect))
+                self._hub.run(_open_channel(state, state.forward.target, self.timeouts.connect))
             except asyncio.TimeoutError:
                 raise ChannelError(
                     spec.name, "the servicer started but its port could not be reached through the SSH forward"
@@ -259,6 +276,10 @@ class Agent:
     @property
     def hosts(self) -> list[str]:
         return list(self._hosts)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def _method(self, name: str) -> Any:
         method = self._service.methods_by_name.get(name)
@@ -435,18 +456,15 @@ class Agent:
             single = self._request(method, request or {})
             states = list(self._hosts.values())
             if len(states) == 1 and states[0].error is None and method.server_streaming:
-                return SingleHostStream(self, states[0], method, single, deadline)
-        return StreamCall(self, method, single, requests, deadline)
+                return SingleHostStream(self._wiring, states[0], method, single, deadline)
+        return StreamCall(self._wiring, method, single, requests, deadline)
 
     def _sync_channel(self, state: HostAgent) -> grpc.Channel:
         """A second, synchronous channel to the host's servicer, for SingleHostStream; made on first use."""
         with self._sync_lock:
             if state.sync_channel is None:
-                if state.native_forward is not None:
-                    target = f"unix:{state.native_forward}"
-                else:
-                    assert state.tunnel is not None
-                    target = state.tunnel.target
+                assert state.forward is not None
+                target = state.forward.target
                 options = [*_CHANNEL_OPTIONS, ("grpc.experimental.single_threaded_unary_stream", 1)]
                 state.sync_channel = grpc.insecure_channel(target, options=options)
             return state.sync_channel
@@ -458,9 +476,9 @@ class Agent:
         state = self._hosts.get(host)
         if state is None:
             raise UsageError(f"{host!r} is not one of this agent's hosts")
-        if state.process is None or state.session is None:
+        if state.process is None:
             raise UsageError(f"{host} has no running servicer: {state.error}")
-        conn = state.session.connection()
+        conn = self.fleet.connection(host)
         chan = conn.exec(f"tail -c {int(max_bytes)} -- '{state.process.log_path}'", timeout=self.timeouts.call)
         chan.settimeout(self.timeouts.call)
         data = bytearray()
@@ -479,15 +497,9 @@ class Agent:
         if state.calls is not None or state.sync_channel is not None or state.channel is not None:
             with contextlib.suppress(Exception):
                 self._hub.run(_close_channels([state]), timeout=2)
-        if state.tunnel is not None:
-            state.tunnel.close()
-            state.tunnel = None
-        if state.native_forward is not None and state.session is not None:
-            conn = state.session.current()
-            if isinstance(conn, _ssh.OpenSshConnection):
-                with contextlib.suppress(Exception):
-                    conn.cancel_forward(state.native_forward)
-            state.native_forward = None
+        if state.forward is not None:
+            state.forward.close()
+            state.forward = None
         if state.process is not None:
             chan = state.process.channel
             with contextlib.suppress(Exception):
@@ -499,16 +511,21 @@ class Agent:
                 time.sleep(0.01)
             chan.close()
             state.process = None
-        if state.session is not None:
-            _session.release(state.session)
-            state.session = None
 
     def close(self) -> None:
-        """Stop every servicer (it removes its session directory), close tunnels and connections. Idempotent."""
+        """Stop every servicer (it removes its session directory) and close its forwards; then close the
+        agent's own Fleet, if it made one (a Fleet it was given stays open). Idempotent."""
         if self._closed:
             return
         self._closed = True
-        _live_agents.discard(self)
+        try:
+            self._stop_hosts()
+        finally:
+            self.fleet._detach(self)
+            if self._owns_fleet:
+                self.fleet.close()
+
+    def _stop_hosts(self) -> None:
         deadline = time.monotonic() + self.timeouts.close
         states = list(self._hosts.values())
         for state in states:
@@ -522,9 +539,7 @@ class Agent:
                 with contextlib.suppress(Exception):
                     state.process.channel.settimeout(1.0)
                     state.process.channel.sendall(b"STOP\n")
-        workers = max(1, min(self.options.forks, len(states)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sshfleet-close") as pool:
-            list(pool.map(lambda s: self._teardown_host(s, deadline), states))
+        self.fleet.each(lambda spec: self._teardown_host(self._hosts[spec.name], deadline), self._specs)
 
     def __enter__(self) -> Agent:
         return self
@@ -534,7 +549,7 @@ class Agent:
 
     def __del__(self) -> None:
         # Garbage collection may run on the hub thread, where close() would wait on the loop it blocks:
-        # leave that case to the atexit handler.
+        # leave that case to the fleet's atexit handler, which closes its agents.
         if not getattr(self, "_closed", True) and not self._hub.in_loop():
             with contextlib.suppress(Exception):
                 self.close()
@@ -572,11 +587,3 @@ async def _open_channel(state: HostAgent, target: str, timeout: float) -> None:
 
 _lifelines = Lifelines()
 _bundle_cache: dict[tuple[type, Optional[Path]], _payload.Bundle] = {}
-_live_agents: weakref.WeakSet[Agent] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:
-    for agent in list(_live_agents):
-        with contextlib.suppress(Exception):
-            agent.close()

@@ -14,10 +14,10 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from sshfleet import _payload
-from sshfleet._ssh import Channel, OpenSshConnection, SshConnection
+from sshfleet._ssh import Channel, Connection
 from sshfleet.errors import (
     BootstrapError,
     ChannelError,
@@ -26,7 +26,6 @@ from sshfleet.errors import (
 )
 
 log = logging.getLogger(__name__)
-Connection = Union[SshConnection, OpenSshConnection]
 
 # The exec'd command: a tiny loader reads the real bootstrap code from stdin, so nothing secret is in argv and
 # the command line stays short. The trailing word marks the process as sshfleet's in `ps` on the host.

@@ -1,37 +1,23 @@
 """The one I/O thread of the controller: an asyncio loop that pumps every tunnel and runs every gRPC call.
 
 Why one loop: a thread per tunnel per direction (the obvious design) costs a context switch per packet and
-grows with the fleet. Here each host costs only paramiko's own transport thread; the pumping of all forwards,
-the heartbeats of all servicers and the grpc.aio calls of all hosts share this loop.
-
-A ``Tunnel`` is a Unix socket in a private 0700 directory on the controller (so no other local user can use it)
-whose every connection is spliced to a fresh direct-tcpip channel to the servicer's port on the host.
+grows with the fleet. Here each host costs only paramiko's own transport thread; the pumping of all forwards
+(``sshfleet._ssh._forward``), the heartbeats of all servicers and the grpc.aio calls of all hosts share this loop.
+Standard library only: every layer may use it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import collections
 import concurrent.futures
-import contextlib
 import logging
-import os
-import shutil
-import socket
-import tempfile
 import threading
 from collections.abc import Coroutine
 from typing import Any, Callable, Optional, TypeVar
 
-from sshfleet._ssh import Channel, SshConnection
-
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_CHUNK = 256 * 1024
-_CHAN_READ = 4 * 1024 * 1024  # at most the channel's window: take all it holds in one read
-_READS_PER_WAKE = 4
-_SOCK_BUF = 4 * 1024 * 1024
 
 
 class Hub:
@@ -88,201 +74,3 @@ class Hub:
 def _stop_hub() -> None:
     if Hub._instance is not None:
         Hub._instance.stop()
-
-
-class _Splice:
-    """Copies bytes both ways between one local socket and one SSH channel, without blocking the loop.
-
-    Towards the socket (the streaming direction) the chunks read from the channel are queued as they are and
-    sent with one scatter-gather ``sendmsg``; a partial send keeps a memoryview of the rest. No joining and no
-    re-slicing of the pending bytes, which copied every byte once or twice more at 200+ MB/s.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, chan: Channel) -> None:
-        self.loop = loop
-        self.sock = sock
-        self.chan = chan
-        self.to_chan = b""  # bytes read from the socket that the channel's window did not take yet
-        self.to_sock: collections.deque[Any] = collections.deque()  # bytes/memoryviews not sent to the socket yet
-        self.closed = False
-        self.sock_paused = False  # reading the socket stopped until the channel's window opens
-        sock.setblocking(False)
-        # A larger send buffer than the default ~200 KiB means fewer partial sends, so the channel is read on
-        # (and the loop re-arms the channel reader) less often. Memory stays bounded by the HTTP/2 and SSH windows.
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCK_BUF)
-        chan.settimeout(0.0)
-        self.chan_fd = chan.fileno()
-        loop.add_reader(sock.fileno(), self._from_sock)
-        loop.add_reader(self.chan_fd, self._from_chan)
-
-    def _from_sock(self) -> None:
-        try:
-            data = self.sock.recv(_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.loop.remove_reader(self.sock.fileno())
-            with contextlib.suppress(OSError, EOFError):
-                self.chan.shutdown_write()
-            self._maybe_close()
-            return
-        self.to_chan = data
-        self._flush_to_chan()
-
-    def _flush_to_chan(self) -> None:
-        while self.to_chan:
-            try:
-                sent = self.chan.send(self.to_chan)
-            except socket.timeout:
-                sent = -1
-            except (OSError, EOFError):
-                self.close()
-                return
-            if sent <= 0:
-                # The channel's window is full: stop reading the socket, try again shortly.
-                self.loop.remove_reader(self.sock.fileno())
-                self.sock_paused = True
-                self.loop.call_later(0.002, self._flush_to_chan)
-                return
-            self.to_chan = self.to_chan[sent:]
-        if self.sock_paused and not self.closed:  # re-arm only if paused: add_reader is an epoll_ctl each time
-            self.sock_paused = False
-            self.loop.add_reader(self.sock.fileno(), self._from_sock)
-
-    def _from_chan(self) -> None:
-        eof = False
-        for _ in range(_READS_PER_WAKE):
-            try:
-                data = self.chan.recv(_CHAN_READ)
-            except socket.timeout:
-                break
-            except (OSError, EOFError):
-                data = b""
-            if not data:
-                eof = True
-                break
-            self.to_sock.append(data)
-        if self.to_sock:
-            self._flush_to_sock()
-        if eof:
-            self.loop.remove_reader(self.chan_fd)
-            if not self.to_sock:
-                with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_WR)
-            self._maybe_close()
-
-    def _flush_to_sock(self) -> None:
-        pending = self.to_sock
-        try:
-            sent = self.sock.send(pending[0]) if len(pending) == 1 else self.sock.sendmsg(pending)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.close()
-            return
-        while sent:
-            head = pending[0]
-            if len(head) <= sent:
-                sent -= len(head)
-                pending.popleft()
-            else:
-                pending[0] = memoryview(head)[sent:]
-                break
-        if pending:
-            self.loop.remove_reader(self.chan_fd)
-            self.loop.add_writer(self.sock.fileno(), self._drain_sock)
-
-    def _drain_sock(self) -> None:
-        self._flush_to_sock()
-        if not self.to_sock and not self.closed:
-            self.loop.remove_writer(self.sock.fileno())
-            self.loop.add_reader(self.chan_fd, self._from_chan)
-
-    def _maybe_close(self) -> None:
-        chan: Any = self.chan  # paramiko's Channel; its EOF flags are not part of the seam's Protocol
-        if chan.closed or (chan.eof_received and chan.eof_sent):
-            self.close()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for remove in (self.loop.remove_reader, self.loop.remove_writer):
-            with contextlib.suppress(Exception):
-                remove(self.sock.fileno())
-        with contextlib.suppress(Exception):
-            self.loop.remove_reader(self.chan_fd)
-        with contextlib.suppress(Exception):
-            self.sock.close()
-        with contextlib.suppress(Exception):
-            self.chan.close()
-
-
-class Tunnel:
-    """A local Unix socket forwarded to ``127.0.0.1:port`` on the host through its SSH connection (``ssh -L``).
-
-    ``target`` is the gRPC address to dial. ``close()`` stops accepting, closes every spliced connection and
-    removes the private directory; it is idempotent.
-    """
-
-    def __init__(self, hub: Hub, conn: SshConnection, port: int, *, open_timeout: float) -> None:
-        self.hub = hub
-        self.conn = conn
-        self.port = port
-        self.open_timeout = open_timeout
-        self.dir = tempfile.mkdtemp(prefix="sshfleet-")  # mkdtemp makes it 0700
-        self.path = os.path.join(self.dir, "grpc.sock")
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(self.path)
-        self.listener.listen(16)
-        self.listener.setblocking(False)
-        self.splices: set[_Splice] = set()
-        self.closed = False
-        hub.call(lambda: hub.loop.add_reader(self.listener.fileno(), self._accept))
-
-    @property
-    def target(self) -> str:
-        return f"unix:{self.path}"
-
-    def _accept(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
-        except (BlockingIOError, OSError):
-            return
-        self.hub.loop.create_task(self._connect(sock))
-
-    async def _connect(self, sock: socket.socket) -> None:
-        try:
-            chan = await self.hub.loop.run_in_executor(
-                None, lambda: self.conn.open_forward("127.0.0.1", self.port, timeout=self.open_timeout)
-            )
-        except Exception as exc:
-            log.debug("[host=%s] forward to port %d failed: %s", self.conn.host, self.port, exc)
-            sock.close()
-            return
-        if self.closed:
-            sock.close()
-            chan.close()
-            return
-        splice = _Splice(self.hub.loop, sock, chan)
-        self.splices = {s for s in self.splices if not s.closed}
-        self.splices.add(splice)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-
-        def shut() -> None:
-            with contextlib.suppress(Exception):
-                self.hub.loop.remove_reader(self.listener.fileno())
-            self.listener.close()
-            for splice in list(self.splices):
-                splice.close()
-
-        with contextlib.suppress(Exception):
-            self.hub.call(shut, timeout=5)
-        shutil.rmtree(self.dir, ignore_errors=True)

@@ -16,10 +16,10 @@ from typing import Any, Optional
 import grpc
 import grpc.aio
 
-from sshfleet import _session
+from sshfleet import _ssh
 from sshfleet._bootstrap import ServicerProcess
 from sshfleet._calls import CallStreams
-from sshfleet._hub import Hub, Tunnel
+from sshfleet._hub import Hub
 from sshfleet.errors import ChannelError, HostError
 
 log = logging.getLogger("sshfleet._agent")
@@ -28,13 +28,11 @@ HEARTBEAT = 5.0
 
 @dataclass(eq=False)  # compared by identity: a field-wise __eq__ over channels and calls means nothing
 class HostAgent:
-    """This agent's state on one host: the servicer, its tunnel and gRPC channel, or why there is none."""
+    """This agent's state on one host: the servicer, its forward and gRPC channel, or why there is none."""
 
     host: str
-    session: Optional[_session.HostSession] = None
     process: Optional[ServicerProcess] = None
-    tunnel: Optional[Tunnel] = None
-    native_forward: Optional[str] = None  # the OpenSSH transport forwards a Unix socket itself
+    forward: Optional[_ssh.Forward] = None  # the servicer's port, forwarded to a local socket
     channel: Optional[grpc.aio.Channel] = None
     calls: Optional[CallStreams] = None
     sync_channel: Optional[grpc.Channel] = None  # made on first use: single-host server streams (_streams.py)

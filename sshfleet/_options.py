@@ -1,7 +1,21 @@
 """Option objects shared by every layer: one host's connection spec, timeouts, fleet-wide SSH options.
 
 Options merge in one direction: defaults <- ssh_config <- inventory host vars <- explicit arguments. A ``None``
-field means "not said here", so a later layer only overrides what it actually sets.
+field means "not said here", so a later layer only overrides what it actually sets. Where a field has a number
+as its default (the timeouts, ``keepalive``), the default is a ``Default`` (a float marked "not given", asyncssh's
+``()`` idea): ``given(value)`` tells it apart from an explicit value, even one equal to the default, so an explicit
+``keepalive=15`` still wins over an ssh_config's ServerAliveInterval.
+
+Three kinds of settings, kept apart (DESIGN.md "Options"):
+
+* connection settings say which SSH connection a host gets (host, user, port, keys, known_hosts, host key
+  policy, jump chain, transport): after ssh_config is applied, they are the key under which one connection per
+  host is shared by every agent and Fleet (``_ssh.connection_key``);
+* fleet settings (``forks``, the phase timeouts, ``keepalive``) say how a fleet uses its connections;
+* call settings (``Timeouts.call``, a call's own ``timeout=``) say how long one call may take.
+
+Fleet and call settings are never part of the sharing key: two agents that differ only in their call timeout
+share one connection per host.
 """
 
 from __future__ import annotations
@@ -20,6 +34,18 @@ Transport = Literal["paramiko", "openssh"]
 TRANSPORTS: tuple[str, ...] = ("paramiko", "openssh")
 
 
+class Default(float):
+    """A default number that nobody gave: it reads as the number, and ``given()`` is false for it."""
+
+    def __repr__(self) -> str:
+        return f"Default({float(self)!r})"
+
+
+def given(value: object) -> bool:
+    """True for a value someone set, false for a ``Default`` (even when the set value equals the default)."""
+    return not isinstance(value, Default)
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """Deadlines in seconds; none of them may be infinite, so nothing waits forever.
@@ -27,13 +53,14 @@ class Timeouts:
     connect: TCP connect (per address, per jump). auth: SSH banner + key exchange + authentication.
     bootstrap: probe, payload transfer and servicer start. call: default deadline of one RPC.
     close: how long ``close()`` waits for a host before abandoning it.
+    A field left out is a ``Default``: ssh_config's ConnectTimeout applies to ``connect`` only then.
     """
 
-    connect: float = 10.0
-    auth: float = 20.0
-    bootstrap: float = 120.0
-    call: float = 60.0
-    close: float = 5.0
+    connect: float = Default(10.0)
+    auth: float = Default(20.0)
+    bootstrap: float = Default(120.0)
+    call: float = Default(60.0)
+    close: float = Default(5.0)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -43,6 +70,11 @@ class Timeouts:
 
     def replace(self, **changes: float) -> Timeouts:
         return dataclasses.replace(self, **changes)
+
+    def over(self, base: Timeouts) -> Timeouts:
+        """``base`` with the fields given here (not left as defaults) taking their place."""
+        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if given(getattr(self, f.name))}
+        return base.replace(**changes) if changes else base
 
 
 @dataclass(frozen=True)
@@ -90,7 +122,12 @@ def parse_host_string(text: str, path: Optional[str] = None, line: Optional[int]
 
 @dataclass(frozen=True)
 class SshOptions:
-    """Fleet-wide SSH settings. Paths default to the user's OpenSSH files so sshfleet behaves like ``ssh``."""
+    """Fleet-wide SSH settings. Paths default to the user's OpenSSH files so sshfleet behaves like ``ssh``.
+
+    Connection settings: ssh_config, known_hosts, host_key_policy, identity_files, allow_agent, look_for_keys,
+    user, port, transport. Fleet settings: timeouts (connect, auth, bootstrap, close), keepalive, forks.
+    Call settings: timeouts.call. See the module docstring for why they are kept apart.
+    """
 
     ssh_config: Optional[str] = "~/.ssh/config"
     known_hosts: Optional[str] = None  # None: UserKnownHostsFile from ssh_config, else ~/.ssh/known_hosts
@@ -101,7 +138,7 @@ class SshOptions:
     user: Optional[str] = None
     port: Optional[int] = None
     timeouts: Timeouts = field(default_factory=Timeouts)
-    keepalive: float = 15.0
+    keepalive: float = Default(15.0)  # seconds between keepalives (ServerAliveInterval); 0 disables them
     forks: int = 64
     # "paramiko" (default, pure Python) or "openssh": the ssh binary with a ControlMaster per host, whose
     # forwards carry RPCs without any Python in the data path (faster; needs the OpenSSH client).

@@ -34,9 +34,7 @@ def _comment(reply: Any) -> str:
 class Responses(Mapping[str, Outcome]):
     """host -> outcome of one call, iterated in host order (the order the agent was given its hosts)."""
 
-    def __init__(
-        self, method: str, outcomes: Mapping[str, Outcome], *, error: type[FleetError] = FleetError
-    ) -> None:
+    def __init__(self, method: str, outcomes: Mapping[str, Outcome], *, error: type[FleetError] = FleetError) -> None:
         self.method = method
         self._outcomes = dict(outcomes)
         self._error = error  # what raise_for_status() raises: the agent's own XAgentException

@@ -7,15 +7,31 @@ import collections
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
 
 import grpc
 import grpc.aio
 
+from sshfleet._hub import Hub
 from sshfleet._lifelines import HostAgent
 from sshfleet._messages import build_request
 from sshfleet._responses import Outcome
-from sshfleet.errors import CallTimeout
+from sshfleet.errors import CallTimeout, HostError
+
+
+@dataclass(frozen=True)
+class StreamWiring:
+    """What a streaming call needs from its agent, and nothing else: the agent hands these over when it starts
+    a stream, so the stream classes never reach into the agent's own members."""
+
+    hub: Hub
+    states: Callable[[], list[HostAgent]]  # the agent's hosts, in order
+    message_class: Callable[[Any], Any]  # protobuf message class of a descriptor
+    method_path: Callable[[Any], str]  # /package.Service/Method
+    multicallable: Callable[[HostAgent, Any], Any]  # the grpc.aio multicallable of a method on a host
+    sync_channel: Callable[[HostAgent], grpc.Channel]
+    rpc_error: Callable[[HostAgent, str, Union[grpc.aio.AioRpcError, grpc.Call]], HostError]
 
 
 class StreamCall(Iterator[tuple[str, Outcome]]):
@@ -32,18 +48,20 @@ class StreamCall(Iterator[tuple[str, Outcome]]):
 
     _DONE = object()
 
-    def __init__(self, agent: Any, method: Any, request: Any, requests: Optional[Iterable[Any]], deadline: float):
-        self.agent = agent
+    def __init__(
+        self, wiring: StreamWiring, method: Any, request: Any, requests: Optional[Iterable[Any]], deadline: float
+    ) -> None:
+        self.wiring = wiring
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._items: collections.deque[Any] = collections.deque()  # filled on the loop, under _lock
         self._batch: collections.deque[Any] = collections.deque()  # the consumer's own, no lock
         self._waiting = False  # the consumer sleeps on _ready (under _lock)
-        states = list(agent._hosts.values())
+        states = wiring.states()
         self.pending = len(states)
-        self.request_cls = agent._pb2_message(method.input_type)
+        self.request_cls = wiring.message_class(method.input_type)
         self.future = asyncio.run_coroutine_threadsafe(
-            self._run(method, request, requests, deadline, states), agent._hub.loop
+            self._run(method, request, requests, deadline, states), wiring.hub.loop
         )
         self.deadline = time.monotonic() + deadline + 30
 
@@ -88,7 +106,7 @@ class StreamCall(Iterator[tuple[str, Outcome]]):
                 if state.error is not None:
                     put((host, state.error))
                     return
-                mc = self.agent._multicallable(state, method)
+                mc = self.wiring.multicallable(state, method)
                 arg = feed_iter(feeds[index]) if feeds else request
                 call = mc(arg, timeout=deadline, metadata=state.metadata)
                 if method.server_streaming:
@@ -97,7 +115,7 @@ class StreamCall(Iterator[tuple[str, Outcome]]):
                 else:
                     put((host, await call))
             except grpc.aio.AioRpcError as exc:
-                put((host, self.agent._rpc_error(state, method.name, exc)))
+                put((host, self.wiring.rpc_error(state, method.name, exc)))
             finally:
                 put(self._DONE)
 
@@ -140,7 +158,7 @@ class StreamCall(Iterator[tuple[str, Outcome]]):
         raise StopIteration
 
     def cancel(self) -> None:
-        self.agent._hub.loop.call_soon_threadsafe(self.future.cancel)
+        self.wiring.hub.loop.call_soon_threadsafe(self.future.cancel)
 
 
 class SingleHostStream(Iterator[tuple[str, Outcome]]):
@@ -152,16 +170,16 @@ class SingleHostStream(Iterator[tuple[str, Outcome]]):
     bench/profile/FINDINGS.md). Same interface and outcomes as StreamCall.
     """
 
-    def __init__(self, agent: Any, state: HostAgent, method: Any, request: Any, deadline: float) -> None:
-        self.agent = agent
+    def __init__(self, wiring: StreamWiring, state: HostAgent, method: Any, request: Any, deadline: float) -> None:
+        self.wiring = wiring
         self.state = state
         self.method = method
         self._cancelled = False
         self._done = False
-        channel = agent._sync_channel(state)
-        reply_cls = agent._pb2_message(method.output_type)
+        channel = wiring.sync_channel(state)
+        reply_cls = wiring.message_class(method.output_type)
         multicallable = channel.unary_stream(
-            agent._path(method),
+            wiring.method_path(method),
             request_serializer=type(request).SerializeToString,
             response_deserializer=reply_cls.FromString,
         )
@@ -180,7 +198,7 @@ class SingleHostStream(Iterator[tuple[str, Outcome]]):
             if self._cancelled:
                 raise StopIteration from None
             call: grpc.Call = exc  # type: ignore[assignment]  # a sync call's error is the call itself
-            return self.state.host, self.agent._rpc_error(self.state, self.method.name, call)
+            return self.state.host, self.wiring.rpc_error(self.state, self.method.name, call)
         except BaseException:  # KeyboardInterrupt while waiting: the host's call ends with us
             self._done = True
             self._call.cancel()

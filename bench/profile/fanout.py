@@ -160,7 +160,7 @@ def baselines(bed: Any, agent: Any, host: str, n: int = 500) -> dict[str, float]
     chan.close()
     conn.close()
     # 3. The tunnel with a sync gRPC client (no grpc.aio, no hub round trip from the caller's thread).
-    channel = grpc.insecure_channel(state.tunnel.target, options=[("grpc.default_authority", "localhost")])
+    channel = grpc.insecure_channel(state.forward.target, options=[("grpc.default_authority", "localhost")])
     stub = pbg.SysinfoAgentStub(channel)
     md = tuple(state.metadata)
     for _ in range(50):

@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -58,8 +57,7 @@ class Result:
 
 def ping(args: argparse.Namespace) -> dict[str, Result]:
     # Imported here so that `sshfleet --help` does not load paramiko.
-    from sshfleet._fleetconnect import connect_all
-    from sshfleet._ssh import SshConnection
+    from sshfleet._fleet import Connected, Fleet
     from sshfleet.inventory import load_hosts
 
     specs = load_hosts(args.inventory, args.pattern)
@@ -72,21 +70,15 @@ def ping(args: argparse.Namespace) -> dict[str, Result]:
     def record(name: str, outcome: object, took: float) -> None:
         seconds[name] = took
 
-    outcomes = connect_all(specs, options, on_result=record)
     results: dict[str, Result] = {}
-    connections = []
-    for name, outcome in outcomes.items():
-        took = round(seconds.get(name, 0.0), 3)
-        if isinstance(outcome, SshConnection):
-            connections.append(outcome)
-            message = f"{outcome.user}@{outcome.address}:{outcome.port} ({outcome.cipher})"
-            results[name] = Result("ok", message, None, took)
-        else:
-            phase = outcome.phase if isinstance(outcome, ConnectError) else None
-            results[name] = Result(_status(outcome), outcome.message, phase, took)
-    if connections:
-        with ThreadPoolExecutor(max_workers=min(len(connections), options.forks)) as closer:
-            list(closer.map(lambda c: c.close(), connections))
+    with Fleet(specs, ssh_options=options) as fleet:
+        for name, outcome in fleet.connect(on_result=record).items():
+            took = round(seconds.get(name, 0.0), 3)
+            if isinstance(outcome, Connected):
+                results[name] = Result("ok", outcome.detail, None, took)
+            else:
+                phase = outcome.phase if isinstance(outcome, ConnectError) else None
+                results[name] = Result(_status(outcome), outcome.message, phase, took)
     return results
 
 

@@ -1,34 +1,59 @@
-"""The SSH seam: the only code that imports paramiko.
+"""The SSH seam: the only package that imports paramiko or runs the ``ssh`` binary.
 
-Everything above it talks to hosts through ``connect()`` / ``SshConnection`` (exec, open_forward, close) and
-``connect_all()`` in ``sshfleet._fleetconnect``; paramiko errors are translated here into ``sshfleet.errors``.
+Everything above it talks to hosts through the ``Connection`` / ``Channel`` / ``Forward`` Protocols of
+``_seam.py``, got from ``open_connection()``; which transport serves them (paramiko, the default, or the OpenSSH
+client with a ControlMaster) is known only here. Both transports' errors are translated into ``sshfleet.errors``
+(``_errors.py``). ``connect()`` / ``connect_openssh()`` and the concrete classes are exported for the transports'
+own tests and the benchmarks.
 """
 
 from __future__ import annotations
 
+from sshfleet._options import SshOptions
 from sshfleet._ssh._config import ResolvedHost, resolve
 from sshfleet._ssh._connection import (
     MAX_PACKET_SIZE,
     PREFERRED_CIPHERS,
     WINDOW_SIZE,
-    Channel,
-    JumpPool,
     SshConnection,
     connect,
 )
-from sshfleet._ssh._openssh import OpenSshConnection, PipeChannel, connect_openssh
+from sshfleet._ssh._openssh import OpenSshConnection, PipeChannel, connect_openssh, connect_resolved_openssh
+from sshfleet._ssh._seam import Channel, Connection, Forward
+
+
+def open_connection(host: ResolvedHost, options: SshOptions) -> Connection:
+    """An authenticated connection to ``host`` with the transport ``options.transport`` names.
+
+    Raises a ConnectError subclass naming the phase that failed (ConnectTimeout, AuthenticationError,
+    HostKeyError, or ConnectError itself), the same for both transports.
+    """
+    if options.transport == "openssh":
+        return connect_resolved_openssh(host, options)
+    from sshfleet._ssh._connection import _connect_resolved
+
+    return _connect_resolved(host, options)
+
+
+def connection_key(host: ResolvedHost, options: SshOptions) -> tuple[object, ...]:
+    """The key under which connections are shared: the host's connection settings and the transport."""
+    return (options.transport, *host.connection_key())
+
 
 __all__ = [
     "MAX_PACKET_SIZE",
     "PREFERRED_CIPHERS",
     "WINDOW_SIZE",
     "Channel",
-    "JumpPool",
+    "Connection",
+    "Forward",
     "OpenSshConnection",
     "PipeChannel",
     "ResolvedHost",
     "SshConnection",
     "connect",
     "connect_openssh",
+    "connection_key",
+    "open_connection",
     "resolve",
 ]

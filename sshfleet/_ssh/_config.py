@@ -1,9 +1,9 @@
 """Merge one host's SSH settings, without touching the network.
 
 Order, each layer overriding only what it sets: defaults <- ssh_config <- inventory (HostSpec) <- explicit
-SshOptions. ``Timeouts`` and ``keepalive`` have non-None defaults in SshOptions, so a value equal to the
-dataclass default counts as "not said" and ssh_config's ConnectTimeout / ServerAliveInterval win over it; any
-other value is explicit and wins over ssh_config.
+SshOptions. The defaults of ``Timeouts.connect`` and ``keepalive`` are ``Default`` values (not given), so
+ssh_config's ConnectTimeout / ServerAliveInterval win over them; any value the caller gave, even one equal to the
+default, wins over ssh_config.
 
 StrictHostKeyChecking: ``yes``/``ask`` mean strict, ``accept-new`` means accept-new, and ``no``/``off`` are
 *not* honoured: sshfleet logs a warning and stays strict (accepting any key silently is how credentials leak;
@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import paramiko
 
-from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, Timeouts, parse_host_string
+from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, given, parse_host_string
 from sshfleet.errors import InventoryError, UsageError
 
 log = logging.getLogger("sshfleet.ssh")
@@ -32,8 +32,6 @@ DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 DEFAULT_KEEPALIVE_COUNT_MAX = 3
-_DEFAULT_TIMEOUTS = Timeouts()
-_DEFAULT_KEEPALIVE: float = SshOptions.__dataclass_fields__["keepalive"].default  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -74,6 +72,25 @@ class ResolvedHost:
     def record_name(self) -> str:
         """The name accept-new writes a new key under."""
         return self.host_key_names[0]
+
+    def connection_key(self) -> tuple[object, ...]:
+        """What identifies the SSH connection this host gets: where, as whom, with which keys and host-key
+        checks, through which jump chain. Timeouts, keepalive and the Python to run are left out on purpose:
+        connections that differ only there are shared (the first one's settings serve them all)."""
+        return (
+            self.hostname,
+            self.port,
+            self.user,
+            self.identity_files,
+            self.identities_only,
+            self.allow_agent,
+            self.look_for_keys,
+            self.known_hosts_files,
+            self.known_hosts_write,
+            self.host_key_policy,
+            self.host_key_alias,
+            tuple(hop.connection_key() for hop in self.proxy_jump),
+        )
 
 
 _KEYWORDS = {
@@ -218,11 +235,11 @@ def resolve(spec: HostSpec, options: SshOptions, *, _is_hop: bool = False) -> Re
 
     connect_timeout = options.timeouts.connect
     config_connect = _int(config, "connecttimeout", path)
-    if config_connect and options.timeouts.connect == _DEFAULT_TIMEOUTS.connect:
+    if config_connect and not given(options.timeouts.connect):
         connect_timeout = float(config_connect)
     keepalive = float(options.keepalive)
     config_alive = _int(config, "serveraliveinterval", path)
-    if config_alive is not None and options.keepalive == _DEFAULT_KEEPALIVE:
+    if config_alive is not None and not given(options.keepalive):
         keepalive = float(config_alive)
     count_max = _int(config, "serveralivecountmax", path) or DEFAULT_KEEPALIVE_COUNT_MAX
 

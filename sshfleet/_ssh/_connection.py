@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Callable, Optional, Union
 
 import paramiko
 
@@ -23,7 +23,12 @@ from sshfleet._options import HostSpec, SshOptions
 from sshfleet._ssh import _known_hosts
 from sshfleet._ssh._auth import authenticate
 from sshfleet._ssh._config import ResolvedHost, resolve
-from sshfleet.errors import ChannelError, ConnectError, ConnectTimeout, HostError, HostKeyError, UsageError
+from sshfleet._ssh._errors import describe as _describe
+from sshfleet._ssh._errors import paramiko_errors
+from sshfleet._ssh._forward import Tunnel
+from sshfleet._ssh._pool import JumpPool
+from sshfleet._ssh._seam import Channel
+from sshfleet.errors import ChannelError, ConnectError, ConnectTimeout, HostKeyError, UsageError
 
 log = logging.getLogger("sshfleet.ssh")
 
@@ -46,26 +51,6 @@ class _QuietUnlessDebug(logging.Filter):
 logging.getLogger(PARAMIKO_LOG).addFilter(_QuietUnlessDebug())
 
 
-class Channel(Protocol):
-    """What a caller may do with an exec or forward channel (a paramiko Channel satisfies it)."""
-
-    closed: bool
-
-    def send(self, s: bytes, /) -> int: ...
-    def sendall(self, s: bytes, /) -> None: ...
-    def recv(self, nbytes: int, /) -> bytes: ...
-    def recv_stderr(self, nbytes: int, /) -> bytes: ...
-    def recv_ready(self) -> bool: ...
-    def recv_stderr_ready(self) -> bool: ...
-    def shutdown_write(self) -> None: ...
-    def exit_status_ready(self) -> bool: ...
-    def recv_exit_status(self) -> int: ...
-    def settimeout(self, timeout: Optional[float], /) -> None: ...
-    def fileno(self) -> int: ...
-    def close(self) -> None: ...
-    def resize_pty(self, width: int = 80, height: int = 24, width_pixels: int = 0, height_pixels: int = 0) -> None: ...
-
-
 class _HostLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         return f"[host={self.extra['host'] if self.extra else '?'}] {msg}", kwargs
@@ -76,13 +61,8 @@ def _host_log(name: str) -> _HostLog:
 
 
 class SshConnection:
-    """One authenticated SSH connection to one host; a context manager.
-
-    ``host`` is the inventory name; ``address``/``port``/``user`` are the values actually used. exec() and
-    open_forward() raise ChannelError when the connection cannot serve the request. close() is idempotent,
-    never raises, and gives up after ``Timeouts.close`` seconds; it also closes the jump hosts this
-    connection went through (when no other connection still uses them).
-    """
+    """The paramiko transport's ``Connection`` (the contract is in ``_seam.py``): one authenticated SSH
+    connection to one host, whose forwards are ``Tunnel``s pumped on the hub loop."""
 
     def __init__(
         self,
@@ -107,6 +87,7 @@ class SshConnection:
         self._closed = False
         self._lock = threading.Lock()
         self._log = _host_log(resolved.name)
+        self._tunnels: set[Tunnel] = set()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -117,6 +98,9 @@ class SshConnection:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def describe(self) -> str:
+        return f"{self.user}@{self.address}:{self.port} ({self.cipher})"
 
     def is_active(self) -> bool:
         return not self._closed and self._transport.is_active() and self._transport.is_authenticated()
@@ -137,20 +121,19 @@ class SshConnection:
         Raises ChannelError (from the paramiko error) when the channel cannot be opened or the request fails.
         """
         deadline = time.monotonic() + timeout
-        try:
+        with paramiko_errors(self.host, "opening a session"):
             channel = self._transport.open_session(window_size=WINDOW_SIZE, timeout=timeout)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise ChannelError(self.host, f"cannot open a session: {_describe(exc)}") from exc
         try:
             with _watchdog(channel, deadline) as fired:
                 try:
-                    if pty:
-                        channel.get_pty(term=term, width=width, height=height)
-                    channel.exec_command(command)
-                except (paramiko.SSHException, OSError, EOFError) as exc:
+                    with paramiko_errors(self.host, "exec"):
+                        if pty:
+                            channel.get_pty(term=term, width=width, height=height)
+                        channel.exec_command(command)
+                except ChannelError as exc:
                     if fired.is_set():
                         raise ChannelError(self.host, f"exec not acknowledged within {timeout:g}s") from exc
-                    raise ChannelError(self.host, f"exec failed: {_describe(exc)}") from exc
+                    raise
         except BaseException:
             channel.close()
             raise
@@ -161,7 +144,7 @@ class SshConnection:
 
         Raises ChannelError when the server refuses (e.g. nothing listens there) or ``timeout`` passes.
         """
-        try:
+        with paramiko_errors(self.host, f"forward to {dest_host}:{dest_port}"):
             channel = self._transport.open_channel(
                 "direct-tcpip",
                 (dest_host, dest_port),
@@ -169,20 +152,29 @@ class SshConnection:
                 window_size=WINDOW_SIZE,
                 timeout=timeout,
             )
-        except paramiko.ChannelException as exc:
-            raise ChannelError(self.host, f"forward to {dest_host}:{dest_port} refused: {exc.text}") from exc
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise ChannelError(self.host, f"forward to {dest_host}:{dest_port} failed: {_describe(exc)}") from exc
         # paramiko acks every tenth of the window (a WINDOW_ADJUST per 400 KiB, each waking sshd); half the window
         # still leaves the server 2 MiB of credit, ample on any link, with a fifth of the acks.
         channel.in_window_threshold = WINDOW_SIZE // 2
         return channel
+
+    def forward_local(self, dest_port: int, *, timeout: float) -> Tunnel:
+        """A Tunnel to ``127.0.0.1:dest_port`` on the host; each connection to it opens a forward channel."""
+        if not self.is_active():
+            raise ChannelError(self.host, "cannot forward: the SSH connection is closed")
+        tunnel = Tunnel(self, dest_port, open_timeout=timeout)
+        with self._lock:
+            self._tunnels = {t for t in self._tunnels if not t.closed}
+            self._tunnels.add(tunnel)
+        return tunnel
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            tunnels, self._tunnels = self._tunnels, set()
+        for tunnel in tunnels:
+            tunnel.close()
         done = threading.Event()
 
         def work() -> None:
@@ -218,13 +210,6 @@ def _watchdog(channel: paramiko.Channel, deadline: float) -> Iterator[threading.
         yield fired
     finally:
         timer.cancel()
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc).strip()
-    return text or type(exc).__name__
 
 
 # --- TCP -------------------------------------------------------------------------------------------------
@@ -425,55 +410,16 @@ def _open_jump_channel(via: SshConnection, host: ResolvedHost) -> paramiko.Chann
         ) from exc
 
 
-class JumpPool:
-    """Shares jump-host connections between the hosts of one fleet connect.
-
-    Sixty hosts behind one bastion then make one connection to it, not sixty (sshd's MaxStartups would drop
-    most of them), and a dead bastion is tried once. A pooled hop closes when its last user closes.
-    """
-
-    def __init__(self, options: SshOptions) -> None:
-        self._options = options
-        self._lock = threading.Lock()
-        self._entries: dict[tuple[Any, ...], _PoolEntry] = {}
-
-    def acquire(self, chain: tuple[ResolvedHost, ...]) -> tuple[SshConnection, Callable[[], None]]:
-        """The shared connection through ``chain`` and the function to call once done with it."""
-        key = tuple((h.hostname, h.port, h.user) for h in chain)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                entry = self._entries[key] = _PoolEntry()
-            entry.users += 1
-        with entry.lock:
-            if entry.conn is None and entry.error is None:
-                try:
-                    entry.conn = _connect_chain(chain, self._options)
-                except HostError as exc:
-                    entry.error = exc
-            conn, error = entry.conn, entry.error
-        if conn is None:
-            self._drop(key, entry)
-            assert error is not None
-            raise error
-        return conn, lambda: self._drop(key, entry)
-
-    def _drop(self, key: tuple[Any, ...], entry: _PoolEntry) -> None:
-        with self._lock:
-            entry.users -= 1
-            last = entry.users == 0
-            if last:
-                self._entries.pop(key, None)
-        if last and entry.conn is not None:
-            entry.conn.close()
+def _close(conn: SshConnection) -> None:
+    conn.close()
 
 
-class _PoolEntry:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0
-        self.conn: Optional[SshConnection] = None
-        self.error: Optional[HostError] = None
+# Every paramiko connection through the same hop chain shares one connection to it (see _pool.py).
+JUMPS: JumpPool[SshConnection] = JumpPool(lambda c: c.is_active(), _close)
+
+
+def _chain_key(chain: tuple[ResolvedHost, ...]) -> tuple[object, ...]:
+    return ("paramiko", *(hop.connection_key() for hop in chain))
 
 
 def _connect_chain(chain: tuple[ResolvedHost, ...], options: SshOptions) -> SshConnection:
@@ -491,24 +437,16 @@ def _connect_chain(chain: tuple[ResolvedHost, ...], options: SshOptions) -> SshC
     return last
 
 
-def _connect_resolved(
-    host: ResolvedHost,
-    options: SshOptions,
-    via: Optional[SshConnection] = None,
-    pool: Optional[JumpPool] = None,
-) -> SshConnection:
+def _connect_resolved(host: ResolvedHost, options: SshOptions, via: Optional[SshConnection] = None) -> SshConnection:
     started = time.monotonic()
     hops: list[SshConnection] = []
     release: Optional[Callable[[], None]] = None
     sock: Union[socket.socket, paramiko.Channel]
     try:
         if host.proxy_jump and via is None:
+            chain = host.proxy_jump
             try:
-                if pool is not None:
-                    via, release = pool.acquire(host.proxy_jump)
-                else:
-                    via = _connect_chain(host.proxy_jump, options)
-                    hops.append(via)
+                via, release = JUMPS.acquire(_chain_key(chain), lambda: _connect_chain(chain, options))
             except ConnectError as exc:
                 raise type(exc)(host.name, f"via jump host {exc.host}: {exc.message}", "proxy") from exc
         sock = _tcp_connect(host) if via is None else _open_jump_channel(via, host)
@@ -524,7 +462,7 @@ def _connect_resolved(
     return conn
 
 
-def connect(spec: HostSpec, options: SshOptions, *, jump_pool: Optional[JumpPool] = None) -> SshConnection:
+def connect(spec: HostSpec, options: SshOptions) -> SshConnection:
     """Open an authenticated SSH connection to one host.
 
     Raises a ConnectError subclass naming the phase that failed: ConnectTimeout, AuthenticationError,
@@ -534,4 +472,4 @@ def connect(spec: HostSpec, options: SshOptions, *, jump_pool: Optional[JumpPool
         host = resolve(spec, options)
     except UsageError as exc:
         raise ConnectError(spec.name, str(exc), "config") from exc
-    return _connect_resolved(host, options, pool=jump_pool)
+    return _connect_resolved(host, options)

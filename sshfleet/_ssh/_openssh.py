@@ -8,7 +8,9 @@ reads and writes them itself.
 Settings: the master runs with ``-F none`` and gets every setting ``resolve()`` computed as ``-o`` options, so
 both transports read ssh_config the same way (through ``resolve()``) and nothing else from it (LocalForward,
 ForwardAgent, ControlMaster, Match exec, ...) leaks into sshfleet's connections. Each ProxyJump hop is a master
-of its own; the next one connects through ``ProxyCommand ssh -S <hop ctl> -W %h:%p``.
+of its own; the next one connects through ``ProxyCommand ssh -S <hop ctl> -W %h:%p``, a mux client of the hop's
+master, so every host behind one jump chain shares that chain's one master (``_pool.JumpPool``): one TCP
+connection to the bastion, however many hosts.
 
 Lifetime: masters are started from one long-lived thread under ``setpriv --pdeathsig TERM`` (where setpriv
 exists), so a controller killed with SIGKILL takes its masters with it, as it would its paramiko sockets.
@@ -49,10 +51,11 @@ from sshfleet._ssh._openssh_args import (
     translate_failure,
 )
 from sshfleet._ssh._pipe_channel import PipeChannel, _reap
+from sshfleet._ssh._pool import JumpPool
 from sshfleet.errors import ChannelError, ConnectError, UsageError
 
 # PipeChannel is re-exported: sshfleet._ssh imports it from here.
-__all__ = ["OpenSshConnection", "PipeChannel", "connect_openssh", "sweep_stale"]
+__all__ = ["OpenSshConnection", "PipeChannel", "connect_openssh", "connect_resolved_openssh", "sweep_stale"]
 
 log = logging.getLogger("sshfleet.ssh")
 
@@ -128,7 +131,8 @@ class OpenSshConnection:
     """
 
     def __init__(self, resolved: ResolvedHost, proc: subprocess.Popen[bytes], workdir: str,
-                 hops: list[OpenSshConnection], close_timeout: float) -> None:  # fmt: skip
+                 hops: list[OpenSshConnection], close_timeout: float,
+                 release: Optional[Callable[[], None]] = None) -> None:  # fmt: skip
         self.resolved = resolved
         self.host = resolved.name
         self.address = resolved.hostname
@@ -140,6 +144,7 @@ class OpenSshConnection:
         self.control_path = os.path.join(workdir, "ctl")
         self._proc = proc
         self._hops = hops
+        self._release = release  # hands the shared jump chain back (closes it with its last user)
         self._close_timeout = close_timeout
         self._closed = False
         self._lock = threading.Lock()
@@ -157,6 +162,9 @@ class OpenSshConnection:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def describe(self) -> str:
+        return f"{self.user}@{self.address}:{self.port} (openssh)"
 
     @property
     def master_pid(self) -> int:
@@ -265,6 +273,10 @@ class OpenSshConnection:
             self._forwards[path] = spec
         return path
 
+    def forward_local(self, dest_port: int, *, timeout: float) -> _UnixForward:
+        """The seam's forward: a Unix socket the master itself serves (``forward_unix``), no Python in the path."""
+        return _UnixForward(self, self.forward_unix("127.0.0.1", dest_port, timeout=timeout))
+
     def cancel_forward(self, path: str) -> None:
         """Stop forwarding ``path`` (from forward_unix) and remove the socket; unknown paths are ignored."""
         with self._lock:
@@ -303,8 +315,29 @@ class OpenSshConnection:
             log.debug("[host=%s] closing the ssh master: %s", self.host, exc)
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
+            if self._release is not None:
+                self._release()
             for hop in reversed(self._hops):
                 hop.close()
+
+
+class _UnixForward:
+    """A forward of the master's (see ``Forward`` in ``_seam.py``)."""
+
+    def __init__(self, conn: OpenSshConnection, path: str) -> None:
+        self.conn = conn
+        self.path = path
+        self.closed = False
+
+    @property
+    def target(self) -> str:
+        return f"unix:{self.path}"
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(Exception):
+                self.conn.cancel_forward(self.path)
 
 
 def _socket_dir() -> str:
@@ -360,7 +393,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], ctl: str, deadline: float) -> Non
 
 
 def _start_master(host: ResolvedHost, options: SshOptions, via: Optional[OpenSshConnection],
-                  hops: list[OpenSshConnection]) -> OpenSshConnection:  # fmt: skip
+                  hops: list[OpenSshConnection],
+                  release: Optional[Callable[[], None]] = None) -> OpenSshConnection:  # fmt: skip
     """Start the master for ``host`` and wait until it accepts clients, within connect + auth timeouts."""
     started = time.monotonic()
     if host.host_key_policy == "accept-new" and host.known_hosts_write:
@@ -397,13 +431,37 @@ def _start_master(host: ResolvedHost, options: SshOptions, via: Optional[OpenSsh
                 host, said, timed_out=timed_out, waited=budget, jump=via.host if via else None
             ) from None
         raise
-    conn = OpenSshConnection(host, proc, workdir, hops, options.timeouts.close)
+    conn = OpenSshConnection(host, proc, workdir, hops, options.timeouts.close, release)
     _live.add(conn)
     conn.connect_seconds = time.monotonic() - started
     said = conn.master_log()
     if "Permanently added" in said:
         log.warning("[host=%s] %s (%s)", host.name, said, host.known_hosts_write)
     return conn
+
+
+def _close(conn: OpenSshConnection) -> None:
+    conn.close()
+
+
+# Every master through the same hop chain shares that chain's masters (see _pool.py).
+JUMPS: JumpPool[OpenSshConnection] = JumpPool(lambda c: c.is_active(), _close)
+
+
+def _connect_chain(chain: tuple[ResolvedHost, ...], options: SshOptions) -> OpenSshConnection:
+    """Masters for ``chain``, hop by hop; the last one owns (and closes) the ones before it."""
+    hops: list[OpenSshConnection] = []
+    via: Optional[OpenSshConnection] = None
+    try:
+        for hop in chain:
+            via = _start_master(hop, options, via, list(hops))
+            hops = [via]  # each hop owns the ones before it
+    except BaseException:
+        for conn in reversed(hops):
+            conn.close()
+        raise
+    assert via is not None
+    return via
 
 
 def connect_openssh(spec: HostSpec, options: SshOptions) -> OpenSshConnection:
@@ -416,17 +474,21 @@ def connect_openssh(spec: HostSpec, options: SshOptions) -> OpenSshConnection:
         host = resolve(spec, options)
     except UsageError as exc:
         raise ConnectError(spec.name, str(exc), "config") from exc
-    hops: list[OpenSshConnection] = []
+    return connect_resolved_openssh(host, options)
+
+
+def connect_resolved_openssh(host: ResolvedHost, options: SshOptions) -> OpenSshConnection:
+    """``connect_openssh`` for a host already resolved."""
+    if not host.proxy_jump:
+        return _start_master(host, options, None, [])
+    chain = host.proxy_jump
+    key = ("openssh", *(hop.connection_key() for hop in chain))
     try:
-        via: Optional[OpenSshConnection] = None
-        for hop in host.proxy_jump:
-            try:
-                via = _start_master(hop, options, via, list(hops))
-            except ConnectError as exc:
-                raise type(exc)(host.name, f"via jump host {exc.host}: {exc.message}", "proxy") from exc
-            hops = [via]  # each hop owns the ones before it
-        return _start_master(host, options, via, hops)
+        via, release = JUMPS.acquire(key, lambda: _connect_chain(chain, options))
+    except ConnectError as exc:
+        raise type(exc)(host.name, f"via jump host {exc.host}: {exc.message}", "proxy") from exc
+    try:
+        return _start_master(host, options, via, [], release)
     except BaseException:
-        for conn in reversed(hops):
-            conn.close()
+        release()
         raise

@@ -11,7 +11,8 @@ import re
 from typing import Optional
 
 from sshfleet._ssh._config import ResolvedHost
-from sshfleet.errors import AuthenticationError, ConnectError, ConnectTimeout, HostKeyError
+from sshfleet._ssh._errors import openssh_failure
+from sshfleet.errors import ConnectError
 
 SSH = "ssh"
 # Same preference as the paramiko path: AES-GCM is the fastest cipher with AES-NI; the rest stays in ssh's order.
@@ -141,40 +142,6 @@ def ssh_message(text: str, limit: int = 1200) -> str:
 
 def translate_failure(host: ResolvedHost, stderr: str, *, timed_out: bool, waited: float,
                       jump: Optional[str] = None) -> ConnectError:  # fmt: skip
-    """The sshfleet error for a master that did not come up, from what ssh printed (kept in the message)."""
-    said = ssh_message(stderr)
-    where = f"{host.hostname}:{host.port}"
-    quoted = f" (ssh: {said})" if said else ""
-    if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
-        if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
-            summary = f"HOST KEY CHANGED for {where}; possible man-in-the-middle"
-        else:
-            summary = f"no host key known for {where} under strict checking (use host_key_policy='accept-new')"
-        return HostKeyError(host.name, summary + quoted)
-    if "Permission denied" in stderr or "Too many authentication failures" in stderr:
-        keys = ", ".join(host.identity_files) or "no key to offer"
-        return AuthenticationError(host.name, f"permission denied for user {host.user!r}; keys: {keys}{quoted}")
-    if jump and ("Stdio forwarding request failed" in stderr or "open failed" in stderr):
-        return ConnectError(host.name, f"jump host {jump} cannot reach {where}{quoted}", "proxy")
-    if "during banner exchange" in stderr:
-        cls = ConnectTimeout if "timed out" in stderr else ConnectError
-        return cls(host.name, f"no SSH banner from {where}{quoted}", "banner")
-    if re.search(r"connect to host .* port \d+: Connection timed out", stderr):
-        return ConnectTimeout(
-            host.name, f"TCP connect to {where} timed out after {host.connect_timeout:g}s{quoted}", "tcp"
-        )
-    if re.search(r"connect to host .* port \d+:|Could not resolve hostname", stderr):
-        return ConnectError(host.name, f"TCP connect to {where} failed{quoted}", "tcp")
-    if "kex_exchange_identification" in stderr or "Connection closed by" in stderr:
-        return ConnectError(host.name, f"SSH negotiation with {where} failed{quoted}", "banner")
-    if "Unable to negotiate" in stderr:
-        return ConnectError(host.name, f"SSH negotiation with {where} failed{quoted}", "kex")
-    if "command-line" in stderr or "Bad configuration option" in stderr or "ControlPath" in stderr:
-        return ConnectError(host.name, f"ssh rejected its settings{quoted}", "config")
-    if timed_out:
-        if jump and not said:
-            return ConnectTimeout(host.name, f"no answer from {where} through jump host {jump} in {waited:g}s", "proxy")
-        return ConnectTimeout(
-            host.name, f"key exchange and authentication with {where} took longer than {waited:g}s{quoted}", "auth"
-        )
-    return ConnectError(host.name, f"ssh to {where} failed{quoted}", "auth" if said else "tcp")
+    """The sshfleet error for a master that did not come up, from what ssh printed (kept in the message);
+    the table is ``_errors.OPENSSH_MESSAGES``."""
+    return openssh_failure(host, stderr, ssh_message(stderr), timed_out=timed_out, waited=waited, jump=jump)

@@ -124,7 +124,7 @@ def test_a_dropped_forward_connection_costs_no_call(testbed):
         pid = agent.Uname()[host].pid
 
         def drop() -> int:
-            splices = list(state.tunnel.splices)
+            splices = list(state.forward.splices)
             for splice in splices:
                 splice.close()
             return len(splices)
@@ -204,7 +204,7 @@ def test_two_agents_share_one_connection_per_host(testbed):
     opts = testbed.ssh_options()
     with SysinfoAgent(hosts, ssh_options=opts) as one, SysinfoAgent(hosts, ssh_options=opts) as two:
         for host in hosts:
-            assert one._hosts[host].session is two._hosts[host].session
+            assert one.fleet.connection(host) is two.fleet.connection(host)
         pids = {r.pid for r in one.Uname().values()} | {r.pid for r in two.Uname().values()}
         assert len(pids) == 4  # one servicer per agent per host
         one.close()

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 
 import pytest
 
-from sshfleet._fleetconnect import connect_all
+from sshfleet._fleet import Connected, Fleet
 from sshfleet._options import HostSpec, SshOptions, Timeouts
-from sshfleet._ssh import SshConnection, connect
+from sshfleet._ssh import Connection, connect
 from sshfleet.errors import (
     AuthenticationError,
     ChannelError,
@@ -38,7 +38,7 @@ def read_all(channel, timeout: float = 30.0) -> bytes:
         chunks.append(data)
 
 
-def run(conn: SshConnection, command: str) -> tuple[int, str]:
+def run(conn: Connection, command: str) -> tuple[int, str]:
     channel = conn.exec(command, timeout=30)
     try:
         out = read_all(channel).decode()
@@ -74,20 +74,19 @@ def test_connect_exec_forward_close(testbed):
         conn.open_forward(host.address, 22, timeout=5)
 
 
-def test_connect_all_in_spec_order(testbed):
+def test_fleet_connect_in_spec_order(testbed):
     bad_spec = HostSpec("bad", hostname=testbed.host("node01").address, port=2)
     specs = [HostSpec(h.name) for h in reversed(testbed.hosts)] + [bad_spec]
-    results = connect_all(specs, testbed.ssh_options().replace(forks=3))
-    try:
+    with Fleet(specs, ssh_options=testbed.ssh_options().replace(forks=3)) as fleet:
+        results = fleet.connect()
         assert list(results) == [s.name for s in specs]
-        assert all(isinstance(results[h.name], SshConnection) for h in testbed.hosts)
+        assert all(isinstance(results[h.name], Connected) for h in testbed.hosts)
+        assert all(fleet.state(h.name) == "connected" for h in testbed.hosts)
         bad = results["bad"]
         assert isinstance(bad, ConnectError) and bad.phase == "tcp"
         assert "Connection refused" in bad.message
-    finally:
-        for r in results.values():
-            if isinstance(r, SshConnection):
-                r.close()
+        assert fleet.state("bad") == "disconnected"
+    assert fleet.state("node01") == "closed"
 
 
 # --- authentication --------------------------------------------------------------------------------------
@@ -155,10 +154,10 @@ def test_accept_new_many_hosts_at_once_writes_each_once(testbed, tmp_path):
     known = tmp_path / "known_hosts"
     options = testbed.ssh_options().replace(known_hosts=str(known), host_key_policy="accept-new")
     specs = [HostSpec(h.name) for h in testbed.hosts]
-    results = connect_all(specs, options)
+    with Fleet(specs, ssh_options=options) as fleet:
+        results = fleet.connect()
     for r in results.values():
-        assert isinstance(r, SshConnection), r
-        r.close()
+        assert isinstance(r, Connected), r
     lines = known.read_text().splitlines()
     assert sorted(line.split()[0] for line in lines) == sorted(h.address for h in testbed.hosts)
 
@@ -267,17 +266,13 @@ def test_proxy_jump_shared_by_connect_all(testbed, tmp_path):
     options = jump_config(testbed, tmp_path, extra)
     log = testbed.host("node01").log_file
     before = log.read_text().count("Accepted publickey")
-    results = connect_all([HostSpec("via-node01"), HostSpec("via-node01-c")], options)
-    try:
-        assert all(isinstance(r, SshConnection) for r in results.values()), results
-        assert run(results["via-node01"], "hostname") == (0, "node02\n")
-        assert run(results["via-node01-c"], "hostname") == (0, "node03\n")
+    with Fleet([HostSpec("via-node01"), HostSpec("via-node01-c")], ssh_options=options) as fleet:
+        results = fleet.connect()
+        assert all(isinstance(r, Connected) for r in results.values()), results
+        assert run(fleet.connection("via-node01"), "hostname") == (0, "node02\n")
+        assert run(fleet.connection("via-node01-c"), "hostname") == (0, "node03\n")
         # one login on the jump host served both destinations
         assert log.read_text().count("Accepted publickey") - before == 1
-    finally:
-        for r in results.values():
-            if isinstance(r, SshConnection):
-                r.close()
 
 
 def test_proxy_jump_failures_name_the_jump_host(testbed, tmp_path):

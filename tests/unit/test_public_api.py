@@ -12,6 +12,7 @@ EXPECTED = {
     "CallError",
     "CallTimeout",
     "ConnectError",
+    "Fleet",
     "FleetError",
     "HostError",
     "HostKeyError",

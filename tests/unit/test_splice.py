@@ -8,7 +8,7 @@ import socket
 import threading
 from typing import Optional
 
-from sshfleet._hub import _Splice
+from sshfleet._ssh._forward import _Splice
 
 
 class FakeChannel:

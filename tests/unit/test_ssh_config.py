@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sshfleet._fleetconnect import connect_all
+from sshfleet._fleet import Fleet
 from sshfleet._options import HostSpec, SshOptions, Timeouts
 from sshfleet._ssh import _known_hosts as kh
 from sshfleet._ssh import connect, resolve
@@ -113,6 +113,20 @@ def test_connect_timeout_and_keepalive_from_ssh_config_unless_explicit(home, tmp
     assert (host.connect_timeout, host.keepalive) == (4.5, 30.0)
 
 
+def test_an_explicit_value_equal_to_the_default_still_wins_over_ssh_config(home, tmp_path):
+    config = write_config(tmp_path, "Host *\n  ConnectTimeout 3\n  ServerAliveInterval 60\n")
+    defaults = SshOptions()
+    assert (defaults.timeouts.connect, defaults.keepalive) == (10.0, 15.0)
+    explicit = opts(config, timeouts=Timeouts(connect=10.0), keepalive=15)
+    host = resolve(HostSpec("a"), explicit)
+    assert (host.connect_timeout, host.keepalive) == (10.0, 15.0)
+    # Overriding one timeout leaves the others "not given", so ssh_config still applies to them.
+    partly = opts(config, timeouts=Timeouts(call=5))
+    host = resolve(HostSpec("a"), partly)
+    assert (host.connect_timeout, host.keepalive) == (3.0, 60.0)
+    assert Timeouts(call=5).over(Timeouts(connect=4.0, call=9)) == Timeouts(connect=4.0, call=5)
+
+
 def test_known_hosts_files(home, tmp_path):
     config = write_config(
         tmp_path,
@@ -197,13 +211,14 @@ def test_connect_reports_unusable_config_as_host_error(home, tmp_path):
     assert (info.value.host, info.value.phase) == ("bad", "config")
 
 
-def test_connect_all_never_raises_for_host_failures(home, tmp_path):
+def test_fleet_connect_never_raises_for_host_failures(home, tmp_path):
     config = write_config(tmp_path, "Host bad*\n  ProxyCommand nc %h %p\n")
     specs = [HostSpec(f"bad{i}") for i in range(5)]
-    results = connect_all(specs, opts(config, forks=2))
+    with Fleet(specs, ssh_options=opts(config, forks=2)) as fleet:
+        results = fleet.connect()
+        assert [fleet.state(s.name) for s in specs] == ["failed"] * 5
     assert list(results) == [s.name for s in specs]
     assert all(isinstance(r, ConnectError) and r.phase == "config" for r in results.values())
-    assert connect_all([], opts()) == {}
 
 
 # --- known_hosts -----------------------------------------------------------------------------------------
