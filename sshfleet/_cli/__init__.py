@@ -15,8 +15,8 @@ from typing import Optional
 
 from sshfleet.errors import SshFleetError
 
-# Order is the order in --help.
-SUBCOMMANDS = ("ping", "run", "testbed", "generate", "shell")
+# Order is the order in --help. A module registers one or more subcommands ("files": put, get, sync).
+SUBCOMMANDS = ("ping", "run", "call", "shell", "files", "testbed", "generate", "wheelhouse")
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # some command / call failed on a host
