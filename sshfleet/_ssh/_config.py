@@ -13,16 +13,17 @@ pass ``host_key_policy='accept-new'`` to opt in to trust-on-first-use). An expli
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Optional
-
-import paramiko
+from typing import Optional
 
 from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, given, parse_host_string
+from sshfleet._ssh import _sshg
+from sshfleet._ssh._sshg import DEFAULT_IDENTITY_FILES, Answer, Query, client_tokens, expand_path
 from sshfleet.errors import InventoryError, UsageError
 
 log = logging.getLogger("sshfleet.ssh")
@@ -30,6 +31,7 @@ log = logging.getLogger("sshfleet.ssh")
 DEFAULT_PORT = 22
 DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+DEFAULT_KNOWN_HOSTS_FILES = (DEFAULT_KNOWN_HOSTS, "~/.ssh/known_hosts2")
 GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 DEFAULT_KEEPALIVE_COUNT_MAX = 3
 
@@ -62,7 +64,8 @@ class ResolvedHost:
         """Names to look the host key up by: HostKeyAlias alone, else HostName, then the inventory name."""
         if self.host_key_alias:
             return (self.known_hosts_name(self.host_key_alias),)
-        names = [self.known_hosts_name(self.hostname), self.known_hosts_name(self.name)]
+        # ssh looks keys up by the lower-cased name; a hashed entry for "casehost" must serve "CaseHost".
+        names = [self.known_hosts_name(self.hostname.lower()), self.known_hosts_name(self.name.lower())]
         return tuple(dict.fromkeys(names))
 
     def known_hosts_name(self, host: str) -> str:
@@ -93,92 +96,60 @@ class ResolvedHost:
         )
 
 
-_KEYWORDS = {
-    "port": "Port",
-    "connecttimeout": "ConnectTimeout",
-    "serveraliveinterval": "ServerAliveInterval",
-    "serveralivecountmax": "ServerAliveCountMax",
-}
-_config_cache: dict[str, tuple[float, paramiko.SSHConfig]] = {}
-_config_lock = threading.Lock()
 _warned: set[tuple[str, str]] = set()
-
-
-def _load_config(path: str) -> Optional[paramiko.SSHConfig]:
-    """Parse ssh_config once per (path, mtime): a fleet resolves dozens of hosts against the same file."""
-    try:
-        mtime = os.stat(path).st_mtime
-    except OSError:
-        return None
-    with _config_lock:
-        cached = _config_cache.get(path)
-        if cached is not None and cached[0] == mtime:
-            return cached[1]
-    try:
-        config = paramiko.SSHConfig.from_path(path)
-    except Exception as exc:  # paramiko raises bare exceptions for odd syntax
-        raise UsageError(f"cannot parse ssh_config {path}: {exc}") from exc
-    with _config_lock:
-        _config_cache[path] = (mtime, config)
-    return config
-
-
-def _lookup(options: SshOptions, name: str) -> dict[str, Any]:
-    if not options.ssh_config:
-        return {}
-    path = options.expand(options.ssh_config)
-    config = _load_config(path)
-    if config is None:
-        return {}
-    try:
-        found: dict[str, Any] = dict(config.lookup(name))
-    except Exception as exc:  # e.g. Match exec without the optional 'invoke' dependency
-        raise UsageError(f"ssh_config {path}: cannot look up {name!r}: {exc}") from exc
-    found["__path__"] = path
-    return found
+_warned_lock = threading.Lock()
+_MAX_JUMPS = 16
 
 
 def _warn_once(key: tuple[str, str], message: str) -> None:
-    with _config_lock:
+    with _warned_lock:
         if key in _warned:
             return
         _warned.add(key)
     log.warning("%s", message)
 
 
-def _int(config: dict[str, Any], key: str, path: str) -> Optional[int]:
-    if key not in config:
+def _config_path(options: SshOptions) -> Optional[str]:
+    return options.expand(options.ssh_config) if options.ssh_config else None
+
+
+def _query(spec: HostSpec, options: SshOptions, *, hop: bool = False, jump: Optional[str] = None) -> Query:
+    """The ``ssh -G`` question for ``spec``: the inventory's and the caller's user and port go in as ``-l`` and
+    ``-p`` (so ``%r`` and ``Match user`` see the user actually used), ``ansible_host`` as ``-o HostName``.
+    A jump hop takes only what its ``user@host:port`` says, like the ``ssh -W`` that OpenSSH runs for it."""
+    user, port = spec.user, spec.port
+    if not hop:
+        user = options.user if options.user is not None else user
+        port = options.port if options.port is not None else port
+    return Query(spec.name, _config_path(options), user, port, spec.hostname, jump)
+
+
+def prefetch(specs: list[HostSpec], options: SshOptions) -> None:
+    """Ask ``ssh -G`` about every host at once (a few processes in parallel), so the ``resolve`` calls that
+    follow read a cache: 256 hosts take a fraction of a second instead of one process after the other."""
+    _sshg.prefetch(_query(spec, options) for spec in specs)
+
+
+def _int(answer: Answer, key: str, path: str, unset: str = "") -> Optional[int]:
+    value = answer.get(key, [unset])[0]
+    if value == unset:
         return None
     try:
-        return int(config[key])
+        return int(value)
     except ValueError as exc:
-        label = _KEYWORDS.get(key, key)
-        raise UsageError(f"ssh_config {path}: {label} must be an integer, got {config[key]!r}") from exc
+        raise UsageError(f"ssh_config {path}: {key} must be an integer, got {value!r}") from exc
 
 
-def _yes(config: dict[str, Any], key: str) -> Optional[bool]:
-    value = config.get(key)
-    if value is None:
-        return None
-    return str(value).lower() in ("yes", "true", "on")
-
-
-def _expand_path(path: str, user: str, host: str) -> str:
-    home = os.path.expanduser("~")
-    path = path.replace("%d", home).replace("%u", getpass.getuser()).replace("%r", user).replace("%h", host)
-    return os.path.expanduser(path)
-
-
-def _policy(config: dict[str, Any], options: SshOptions, path: str) -> HostKeyPolicy:
+def _policy(answer: Answer, options: SshOptions, path: str) -> HostKeyPolicy:
     if options.host_key_policy == "accept-new":
         return "accept-new"
-    value = str(config.get("stricthostkeychecking", "yes")).lower()
+    value = answer.get("stricthostkeychecking", ["ask"])[0].lower()
     if value == "accept-new":
         return "accept-new"
-    if value in ("no", "off", "false"):
+    if value in ("no", "off", "false"):  # ssh -G prints "false" for no and off
         _warn_once(
             (path, "stricthostkeychecking"),
-            f"ssh_config {path}: StrictHostKeyChecking {value} is not honoured; sshfleet stays strict "
+            f"ssh_config {path}: StrictHostKeyChecking no is not honoured; sshfleet stays strict "
             "(use host_key_policy='accept-new' or --accept-new to trust new hosts on first use)",
         )
     return "strict"
@@ -189,7 +160,7 @@ def _parse_jumps(value: str, path: str) -> list[HostSpec]:
     for raw in value.split(","):
         text = raw.strip()
         if text.startswith("ssh://"):
-            text = text[len("ssh://") :]
+            text = text[len("ssh://") :].rstrip("/")
         try:
             hops.append(parse_host_string(text))
         except InventoryError as exc:
@@ -197,68 +168,100 @@ def _parse_jumps(value: str, path: str) -> list[HostSpec]:
     return hops
 
 
-def resolve(spec: HostSpec, options: SshOptions, *, _is_hop: bool = False) -> ResolvedHost:
-    """Merge defaults <- ssh_config <- ``spec`` <- ``options`` for one host. Pure except for reading files.
+def _hop_label(spec: HostSpec) -> str:
+    return f"{spec.user + '@' if spec.user else ''}{spec.name}{':' + str(spec.port) if spec.port else ''}"
 
-    Raises UsageError for an ssh_config that cannot be used (bad numbers, bad ProxyJump, ProxyCommand).
-    Jump hosts are resolved through ssh_config too, with ``options.user``/``options.port`` left out (like
-    ``ssh -l``, they are for the destination); a jump host's own ProxyJump is ignored so chains cannot loop.
+
+def _chain(hops: list[HostSpec], options: SshOptions, path: str, seen: tuple[str, ...]) -> list[ResolvedHost]:
+    """The jump hosts in the order they are crossed, as OpenSSH builds them: for ``ProxyJump a,b`` it reaches
+    ``b`` with ``ssh -J a b`` (b's own ProxyJump is overridden) and ``a`` with plain ``ssh a``, whose own
+    ProxyJump (a chain declared hop by hop) then applies. A loop is an error, not an endless chain."""
+    *before, last = hops
+    if before:
+        prefix = _chain(before, options, path, seen)
+        resolved, _ = _resolve_one(last, options, hop=True, jump=",".join(map(_hop_label, before)))
+        return [*prefix, resolved]
+    label = _hop_label(last)
+    if label in seen or len(seen) >= _MAX_JUMPS:
+        raise UsageError(f"ssh_config {path}: ProxyJump loop: {' -> '.join([*seen, label])}")
+    resolved, own = _resolve_one(last, options, hop=True)
+    prefix = _chain(_parse_jumps(own, path), options, path, (*seen, label)) if own else []
+    return [*prefix, resolved]
+
+
+def resolve(spec: HostSpec, options: SshOptions) -> ResolvedHost:
+    """Merge defaults <- ssh_config <- ``spec`` <- ``options`` for one host. Reads files, may run ``ssh -G``.
+
+    ssh_config is evaluated as ``ssh -G`` does (see ``_sshg``). Raises UsageError for an ssh_config that cannot
+    be used (ssh's own complaint with file and line, a ProxyJump loop, ProxyCommand). Jump hosts are resolved
+    through ssh_config too, with ``options.user``/``options.port`` left out (like ``ssh -l``, they are for the
+    destination), and their own ProxyJump followed as OpenSSH follows it.
     """
-    config = _lookup(options, spec.name)
-    path = str(config.get("__path__", options.ssh_config or ""))
-    if "proxycommand" in config and str(config["proxycommand"]).lower() != "none":
+    resolved, jump = _resolve_one(spec, options)
+    path = str(_config_path(options) or "")
+    if jump:
+        hops = _parse_jumps(jump, path)
+        chain = _chain(hops, options, path, (_hop_label(spec),))
+        resolved = dataclasses.replace(resolved, proxy_jump=tuple(chain))
+    return resolved
+
+
+def _resolve_one(
+    spec: HostSpec, options: SshOptions, *, hop: bool = False, jump: Optional[str] = None
+) -> tuple[ResolvedHost, Optional[str]]:
+    """One host without its jump chain, and the ProxyJump ssh_config gives it (None: direct)."""
+    query = _query(spec, options, hop=hop, jump=jump)
+    answer = _sshg.ask(query)
+    path = str(query.config or "")
+    if "proxycommand" in answer:
         raise UsageError(f"ssh_config {path}: ProxyCommand is not supported for {spec.name}; use ProxyJump")
 
-    hostname = spec.hostname or str(config.get("hostname") or spec.name)
-    port = _int(config, "port", path) or DEFAULT_PORT
-    user = str(config.get("user") or getpass.getuser())
-    if spec.port is not None:
-        port = spec.port
-    if spec.user is not None:
-        user = spec.user
-    if not _is_hop:
-        if options.port is not None:
-            port = options.port
-        if options.user is not None:
-            user = options.user
+    hostname = answer.get("hostname", [spec.name])[0]
+    port = _int(answer, "port", path) or DEFAULT_PORT
+    user = answer.get("user", [getpass.getuser()])[0]
+    alias = answer.get("hostkeyalias", [""])[0] or None
+    tokens = client_tokens(host_arg=spec.name, hostname=hostname, port=port, user=user, key_alias=alias)
 
+    configured = answer.get("identityfile", [])
+    if tuple(configured) == DEFAULT_IDENTITY_FILES:
+        configured = []  # ssh -G lists its defaults when nothing names a key
     identity_files: list[str] = []
-    for raw in (*options.identity_files, spec.identity_file, *config.get("identityfile", [])):
+    for raw in (*options.identity_files, spec.identity_file):
         if raw:
-            expanded = _expand_path(str(raw), user, hostname)
+            expanded = options.expand(raw)
             if expanded not in identity_files:
                 identity_files.append(expanded)
+    for raw in configured:
+        expanded = expand_path(raw, tokens, path)
+        if expanded not in identity_files:
+            identity_files.append(expanded)
     if not identity_files and options.look_for_keys:
         # Like OpenSSH: the default identities are tried only when nothing names a key.
         identity_files = [p for p in map(os.path.expanduser, DEFAULT_IDENTITIES) if os.path.exists(p)]
-    identities_only = bool(_yes(config, "identitiesonly"))
+    identities_only = answer.get("identitiesonly", ["no"])[0].lower() in ("yes", "true")
 
     connect_timeout = options.timeouts.connect
-    config_connect = _int(config, "connecttimeout", path)
+    config_connect = _int(answer, "connecttimeout", path, unset="none")
     if config_connect and not given(options.timeouts.connect):
         connect_timeout = float(config_connect)
     keepalive = float(options.keepalive)
-    config_alive = _int(config, "serveraliveinterval", path)
+    # ssh -G says 0 when ServerAliveInterval is not set: 0 in the file cannot be told apart, so it means unset.
+    config_alive = _int(answer, "serveraliveinterval", path, unset="0")
     if config_alive is not None and not given(options.keepalive):
         keepalive = float(config_alive)
-    count_max = _int(config, "serveralivecountmax", path) or DEFAULT_KEEPALIVE_COUNT_MAX
+    count_max = _int(answer, "serveralivecountmax", path) or DEFAULT_KEEPALIVE_COUNT_MAX
 
     if options.known_hosts:
         user_files = [options.expand(options.known_hosts)]
         read_files = list(user_files)
     else:
-        configured = str(config.get("userknownhostsfile", DEFAULT_KNOWN_HOSTS)).split()
-        user_files = [_expand_path(p, user, hostname) for p in configured]
-        global_files = str(config.get("globalknownhostsfile", " ".join(GLOBAL_KNOWN_HOSTS))).split()
-        read_files = user_files + [_expand_path(p, user, hostname) for p in global_files]
+        user_files = " ".join(answer.get("userknownhostsfile", DEFAULT_KNOWN_HOSTS_FILES)).split()
+        user_files = [os.path.expanduser(p) for p in user_files]
+        global_files = " ".join(answer.get("globalknownhostsfile", GLOBAL_KNOWN_HOSTS)).split()
+        read_files = user_files + [os.path.expanduser(p) for p in global_files]
     write_file = next((p for p in user_files if p != os.devnull), None)
 
-    jumps: tuple[ResolvedHost, ...] = ()
-    proxy_jump = config.get("proxyjump")
-    if not _is_hop and proxy_jump and str(proxy_jump).lower() != "none":
-        jumps = tuple(resolve(hop, options, _is_hop=True) for hop in _parse_jumps(str(proxy_jump), path))
-
-    return ResolvedHost(
+    resolved = ResolvedHost(
         name=spec.name,
         hostname=hostname,
         port=port,
@@ -267,14 +270,16 @@ def resolve(spec: HostSpec, options: SshOptions, *, _is_hop: bool = False) -> Re
         identities_only=identities_only,
         allow_agent=options.allow_agent,
         look_for_keys=options.look_for_keys,
-        proxy_jump=jumps,
+        proxy_jump=(),
         connect_timeout=connect_timeout,
         auth_timeout=options.timeouts.auth,
         keepalive=max(0.0, keepalive),
         keepalive_count_max=max(1, count_max),
         known_hosts_files=tuple(dict.fromkeys(read_files)),
         known_hosts_write=write_file,
-        host_key_policy=_policy(config, options, path),
-        host_key_alias=str(config["hostkeyalias"]) if config.get("hostkeyalias") else None,
+        host_key_policy=_policy(answer, options, path),
+        host_key_alias=alias,
         python=spec.python,
     )
+    jumps = answer.get("proxyjump", [""])[0]
+    return resolved, (jumps if jumps and jumps.lower() != "none" else None)

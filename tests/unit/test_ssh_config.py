@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import threading
@@ -18,8 +19,20 @@ import pytest
 from sshfleet._fleet import Fleet
 from sshfleet._options import HostSpec, SshOptions, Timeouts
 from sshfleet._ssh import _known_hosts as kh
-from sshfleet._ssh import connect, resolve
+from sshfleet._ssh import _sshg, connect, resolve
 from sshfleet.errors import ConnectError, UsageError
+
+
+@pytest.fixture(autouse=True, params=["ssh -G", "python"])
+def reader(request, monkeypatch):
+    """Every test runs twice: ssh_config read by ``ssh -G``, then by the Python reading used without it."""
+    if request.param == "python":
+        monkeypatch.setattr(_sshg, "SSH_BINARY", "")
+    elif shutil.which("ssh") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the OpenSSH client is required in CI")
+        pytest.skip("the OpenSSH client is not installed")
+    return request.param
 
 
 @pytest.fixture
@@ -182,16 +195,22 @@ def test_proxy_jump_hops_resolved_through_ssh_config(home, tmp_path):
 
 
 def test_proxy_jump_none_and_bad_values(home, tmp_path):
+    config = write_config(tmp_path, "Host a\n  ProxyJump none\nHost b\n  ProxyJump ok,bad:0\n")
+    with pytest.raises(UsageError, match="line 4: Invalid ProxyJump"):
+        resolve(HostSpec("a"), opts(config))  # ssh checks every line, the inactive ones too
     config = write_config(tmp_path, "Host a\n  ProxyJump none\nHost b\n  ProxyJump ok,bad host\n")
     assert resolve(HostSpec("a"), opts(config)).proxy_jump == ()
-    with pytest.raises(UsageError, match="bad ProxyJump hop"):
-        resolve(HostSpec("b"), opts(config))
+    # ssh reads the first word only: "host" is ignored.
+    assert [hop.name for hop in resolve(HostSpec("b"), opts(config)).proxy_jump] == ["ok", "bad"]
+    with pytest.raises(UsageError, match="line 4: Invalid ProxyJump"):
+        resolve(HostSpec("b"), opts(write_config(tmp_path, "Host b\n\n\n  ProxyJump ok,,bad\n")))
 
 
 def test_unusable_ssh_config_values(home, tmp_path):
-    config = write_config(tmp_path, "Host a\n  Port abc\nHost b\n  ProxyCommand nc %h %p\n")
-    with pytest.raises(UsageError, match="Port must be an integer"):
+    config = write_config(tmp_path, "Host a\n  Port abc\n")
+    with pytest.raises(UsageError, match="line 2: Bad port 'abc'"):
         resolve(HostSpec("a"), opts(config))
+    config = write_config(tmp_path, "Host b\n  ProxyCommand nc %h %p\n")
     with pytest.raises(UsageError, match="ProxyCommand is not supported"):
         resolve(HostSpec("b"), opts(config))
 
@@ -329,3 +348,113 @@ def test_append_if_absent_keeps_existing_lines(tmp_path):
     path.write_text("other ssh-ed25519 AAAA")  # no trailing newline
     kh.append_if_absent(str(path), ["h"], "h", "ssh-ed25519", BLOB)
     assert path.read_text() == f"other ssh-ed25519 AAAA\nh ssh-ed25519 {B64}\n"
+
+
+# --- ssh_config read as ssh reads it (issue 13) --------------------------------------------------------------
+
+
+def test_include_absolute_glob_relative_and_inside_a_host_block(home, tmp_path):
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "10-a.conf").write_text("Host a\n  User from_glob\n")
+    (tmp_path / "conf.d" / "20-b.conf").write_text("Host b\n  Port 2202\n")
+    (home / ".ssh" / "rel.conf").write_text("Port 2203\n")
+    config = write_config(
+        tmp_path,
+        f"Include {tmp_path}/conf.d/*.conf\nHost c\n  Include rel.conf\n  User cuser\nHost d\n  User duser\n",
+    )
+    assert resolve(HostSpec("a"), opts(config)).user == "from_glob"
+    assert resolve(HostSpec("b"), opts(config)).port == 2202
+    if reader_is_python():
+        # ssh reads "relative to ~/.ssh" from the password database's home, not $HOME: only Python follows HOME.
+        assert resolve(HostSpec("c"), opts(config)).port == 2203
+    assert resolve(HostSpec("d"), opts(config)).port == 22  # the include applied only inside Host c
+    assert resolve(HostSpec("d"), opts(config)).user == "duser"
+
+
+def reader_is_python() -> bool:
+    return _sshg.ssh_binary() is None
+
+
+def test_tokens_in_identity_file_known_hosts_and_hostname(home, tmp_path):
+    config = write_config(
+        tmp_path,
+        "Host tok\n  HostName %h.example\n  Port 2022\n"
+        "  IdentityFile ~/.ssh/id_%r_%h_%p_%n_%%\n  UserKnownHostsFile %d/kh_%r_%h_%p\n",
+    )
+    host = resolve(HostSpec("tok", user="inv"), opts(config))
+    assert host.hostname == "tok.example"
+    assert host.identity_files == (str(home / ".ssh/id_inv_tok.example_2022_tok_%"),)
+    assert host.known_hosts_files[0] == str(home / "kh_inv_tok.example_2022")
+    # %r is the user actually used: the caller's -u beats the inventory's.
+    host = resolve(HostSpec("tok", user="inv"), opts(config, user="cli"))
+    assert host.identity_files == (str(home / ".ssh/id_cli_tok.example_2022_tok_%"),)
+
+
+def test_unknown_token_in_hostname_is_an_error(home, tmp_path):
+    config = write_config(tmp_path, "Host x\n  HostName %p.example\n")
+    with pytest.raises(UsageError, match="%p"):
+        resolve(HostSpec("x"), opts(config))
+
+
+def test_trailing_comments_are_not_values(home, tmp_path):
+    config = write_config(tmp_path, 'Host a\n  User tcuser # a comment\n  HostName "a b" #c\n  Port=2200 # c\n')
+    host = resolve(HostSpec("a"), opts(config))
+    assert (host.user, host.hostname, host.port) == ("tcuser", "a b", 2200)
+
+
+def test_match_host_sees_only_a_hostname_set_before_it(home, tmp_path):
+    config = write_config(
+        tmp_path,
+        "Match host real.example\n  User early\nHost alias\n  HostName real.example\n"
+        "Match host real.example\n  Port 2200\n",
+    )
+    host = resolve(HostSpec("alias"), opts(config))
+    assert (host.hostname, host.user, host.port) == ("real.example", getpass.getuser(), 2200)
+
+
+def test_host_brackets_are_literal_and_names_are_lowercased(home, tmp_path):
+    config = write_config(tmp_path, "Host web[12]\n  User bracket\nHost casehost\n  User lower\n")
+    assert resolve(HostSpec("web1"), opts(config)).user == getpass.getuser()
+    assert resolve(HostSpec("web[12]"), opts(config)).user == "bracket"
+    upper = resolve(HostSpec("CaseHost"), opts(config))
+    # Host lines compare the name as written; the name connected to (and looked up in known_hosts) is lowercased.
+    assert (upper.user, upper.hostname) == (getpass.getuser(), "casehost")
+    assert upper.host_key_names == ("casehost",)
+
+
+def test_known_hosts2_is_in_the_default_list(home):
+    host = resolve(HostSpec("a"), opts())
+    assert host.known_hosts_files[:2] == (str(home / ".ssh/known_hosts"), str(home / ".ssh/known_hosts2"))
+    assert host.known_hosts_write == str(home / ".ssh/known_hosts")
+
+
+def test_a_jump_hosts_own_proxy_jump_is_followed_hop_by_hop(home, tmp_path):
+    config = write_config(
+        tmp_path,
+        "Host target\n  ProxyJump j1\nHost j1\n  ProxyJump j2\n  User u1\n"
+        "Host j2\n  ProxyJump j3\nHost j3\n  Port 2203\n",
+    )
+    chain = resolve(HostSpec("target"), opts(config)).proxy_jump
+    assert [(hop.name, hop.port) for hop in chain] == [("j3", 2203), ("j2", 22), ("j1", 22)]
+    assert chain[2].user == "u1"
+    assert all(hop.proxy_jump == () for hop in chain)
+
+
+def test_a_proxy_jump_loop_is_an_error(home, tmp_path):
+    config = write_config(tmp_path, "Host a\n  ProxyJump b\nHost b\n  ProxyJump c\nHost c\n  ProxyJump a\n")
+    with pytest.raises(UsageError, match="ProxyJump loop: a -> b -> c -> a"):
+        resolve(HostSpec("a"), opts(config))
+
+
+def test_prefetch_fills_the_cache_for_many_hosts(home, tmp_path, monkeypatch):
+    from sshfleet._ssh import _config
+
+    config = write_config(tmp_path, "Host web*\n  User deploy\n")
+    specs = [HostSpec(f"web{i}") for i in range(20)]
+    _config.prefetch(specs, opts(config))
+    calls: list[object] = []
+    monkeypatch.setattr(_sshg, "_run", lambda *a: calls.append(a))
+    monkeypatch.setattr(_sshg, "emulate", lambda *a: calls.append(a))
+    if not reader_is_python():
+        assert [resolve(spec, opts(config)).user for spec in specs] == ["deploy"] * 20
+        assert calls == []
