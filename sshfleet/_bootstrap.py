@@ -24,6 +24,7 @@ from sshfleet.errors import (
     PayloadError,
     RemotePythonError,
 )
+from sshfleet.remote.bootstrap import MIN_PYTHON
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,44 @@ class ServicerProcess:
 def remote_command(python: str) -> str:
     """`exec` so the servicer replaces the login shell and leads its own process group (sshd setsid()s it)."""
     return f"exec {shlex.quote(python)} -c {shlex.quote(LOADER)} {MARKER}"
+
+
+# Where interpreter discovery looks, in order, as Ansible does when `python3` on the PATH is missing or unusable:
+# the distribution's python3, versioned python3.X on the PATH (newest first), RHEL 8's platform-python.
+DEFAULT_PYTHON = "python3"
+DISCOVERY_CANDIDATES = (
+    "/usr/bin/python3",
+    *(f"python3.{minor}" for minor in range(14, MIN_PYTHON[1] - 1, -1)),
+    "/usr/libexec/platform-python",
+)
+
+
+def discovery_command() -> str:
+    """A POSIX sh loop that execs the bootstrap with the first candidate that runs and is new enough.
+
+    Each candidate costs one short interpreter start, paid only after the default `python3` failed. The loader
+    travels as sh's $0, so it is quoted once; sh itself is exec'd away.
+    """
+    check = f"import sys; sys.exit(sys.version_info < {tuple(MIN_PYTHON)!r})"
+    candidates = " ".join(shlex.quote(c) for c in DISCOVERY_CANDIDATES)
+    script = (
+        f"for p in {candidates}; do "
+        'command -v "$p" >/dev/null 2>&1 || continue; '
+        f'"$p" -c {shlex.quote(check)} </dev/null >/dev/null 2>&1 || continue; '
+        f'exec "$p" -c "$0" {MARKER}; '
+        "done; "
+        f"echo 'sshfleet: none of {' '.join(DISCOVERY_CANDIDATES)} is a Python >= "
+        f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]}' >&2; exit 127"
+    )
+    return f"exec /bin/sh -c {shlex.quote(script)} {shlex.quote(LOADER)}"
+
+
+class _Unusable(Exception):
+    """The interpreter could not run the bootstrap at all, or is too old: another one may do."""
+
+    def __init__(self, error: BootstrapError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class _LineReader:
@@ -121,64 +160,111 @@ def start_servicer(
     """Probe, ship what the host lacks, start the servicer; return once it listens.
 
     ``deps`` maps host tags to the deps bundles the controller already has (``_payload.known_deps()``, read once
-    per fleet start): a host holding the one for its tag starts without asking.
+    per fleet start): a host holding the one for its tag starts without asking. When ``python`` is the default
+    ``python3`` and it is missing, broken or too old, the usual other places are tried (``discovery_command``);
+    an interpreter named otherwise is used as given. ``facts["interpreter"]`` says which one runs the servicer.
 
     Raises BootstrapError (or RemotePythonError / PayloadError / ChannelError) naming the host, with the remote
-    output in ``log_tail``; the channel is closed on every failure.
+    output in ``log_tail``; the channel is closed on every failure. Both attempts share the one deadline.
     """
-    host = conn.host
     started = time.monotonic()
     stats = BootstrapStats()
-    chan = conn.exec(remote_command(python), timeout=timeout)
-    stats.round_trips += 2  # channel open, exec request
-    reader = _LineReader(host, chan, started + timeout)
+    attempt = _Attempt(conn, agent, deps, config, started, started + timeout, stats)
     try:
-        code = _payload.bootstrap_source()
-        full_config = {**config, "agent": agent.hash, "deps": dict(deps)}
-        head = str(len(code)).encode() + b"\n" + code + json.dumps(full_config).encode() + b"\n"
-        chan.settimeout(timeout)
-        chan.sendall(head)
-        stats.bytes_sent += len(head)
-        while True:
-            line = reader.readline()
-            if line is None:
-                raise _exited(conn, chan, reader, python)
-            if not line.startswith(b"SSHFLEET "):
-                continue  # e.g. a heartbeat or noise from a login script
-            kind, _, body = line[len(b"SSHFLEET ") :].partition(b" ")
-            payload = json.loads(body)
-            stats.round_trips += 1
-            if kind == b"READY":
-                stats.seconds = time.monotonic() - started
-                return ServicerProcess(
-                    host=host,
-                    channel=chan,
-                    port=int(payload["port"]),
-                    pid=int(payload["pid"]),
-                    session_dir=payload["session_dir"],
-                    log_path=payload["log"],
-                    facts=payload["facts"],
-                    stats=stats,
-                    stderr_tail=bytearray(reader.stderr),
-                )
-            if kind == b"ERROR":
-                cls = _ERROR_KINDS.get(payload.get("kind", ""), BootstrapError)
-                tail = payload.get("traceback") or reader.tail()
-                raise cls(host, payload.get("message", "bootstrap failed"), log_tail=tail)
-            if kind == b"NEED":
-                # The reader leaves a short poll timeout on the channel; sending a bundle may wait on the
-                # host's window for longer, so it gets what is left of the whole deadline.
-                chan.settimeout(max(reader.deadline - time.monotonic(), 0.001))
-                _ship(conn, chan, payload, agent, stats)
-    except socket.timeout:
-        chan.close()
-        raise BootstrapError(host, f"the servicer did not start within {timeout:g}s", log_tail=reader.tail()) from None
-    except (OSError, EOFError) as exc:
-        chan.close()
-        raise ChannelError(host, f"the connection broke during bootstrap: {exc}") from exc
-    except BootstrapError:
-        chan.close()
-        raise
+        process = attempt.run(remote_command(python), python)
+    except _Unusable as unusable:
+        if python != DEFAULT_PYTHON:
+            raise unusable.error from None
+        log.warning("[host=%s] %s; trying the other usual interpreters", conn.host, unusable.error.message)
+        try:
+            process = attempt.run(discovery_command(), "discovery")
+        except _Unusable as none:
+            raise RemotePythonError(
+                conn.host,
+                f"no usable Python: {unusable.error.message}; and none of {', '.join(DISCOVERY_CANDIDATES)} is "
+                f"Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} (name an interpreter with the inventory var "
+                "ansible_python_interpreter or python=)",
+                log_tail=none.error.log_tail,
+            ) from None
+        process.facts["discovered"] = True
+    process.facts.setdefault("discovered", False)
+    process.facts["interpreter"] = process.facts.get("executable")
+    return process
+
+
+@dataclass
+class _Attempt:
+    """One or two execs of the bootstrap on a host (the second with interpreter discovery)."""
+
+    conn: Connection
+    agent: _payload.Bundle
+    deps: Mapping[str, str]
+    config: Mapping[str, Any]
+    started: float
+    deadline: float
+    stats: BootstrapStats
+
+    def run(self, command: str, python: str) -> ServicerProcess:
+        """Raises _Unusable when the interpreter never ran the bootstrap or is too old."""
+        conn, stats = self.conn, self.stats
+        host = conn.host
+        timeout = max(self.deadline - time.monotonic(), 0.001)
+        chan = conn.exec(command, timeout=timeout)
+        stats.round_trips += 2  # channel open, exec request
+        reader = _LineReader(host, chan, self.deadline)
+        spoke = False
+        try:
+            code = _payload.bootstrap_source()
+            full_config = {**self.config, "agent": self.agent.hash, "deps": dict(self.deps)}
+            head = str(len(code)).encode() + b"\n" + code + json.dumps(full_config).encode() + b"\n"
+            chan.settimeout(timeout)
+            chan.sendall(head)
+            stats.bytes_sent += len(head)
+            while True:
+                line = reader.readline()
+                if line is None:
+                    error = _exited(conn, chan, reader, python, spoke)
+                    raise error if spoke else _Unusable(error)
+                if not line.startswith(b"SSHFLEET "):
+                    continue  # e.g. a heartbeat or noise from a login script
+                spoke = True
+                kind, _, body = line[len(b"SSHFLEET ") :].partition(b" ")
+                payload = json.loads(body)
+                stats.round_trips += 1
+                if kind == b"READY":
+                    stats.seconds = time.monotonic() - self.started
+                    return ServicerProcess(
+                        host=host,
+                        channel=chan,
+                        port=int(payload["port"]),
+                        pid=int(payload["pid"]),
+                        session_dir=payload["session_dir"],
+                        log_path=payload["log"],
+                        facts=payload["facts"],
+                        stats=stats,
+                        stderr_tail=bytearray(reader.stderr),
+                    )
+                if kind == b"ERROR":
+                    cls = _ERROR_KINDS.get(payload.get("kind", ""), BootstrapError)
+                    tail = payload.get("traceback") or reader.tail()
+                    failure = cls(host, payload.get("message", "bootstrap failed"), log_tail=tail)
+                    raise _Unusable(failure) if payload.get("reason") == "too_old" else failure
+                if kind == b"NEED":
+                    # The reader leaves a short poll timeout on the channel; sending a bundle may wait on the
+                    # host's window for longer, so it gets what is left of the whole deadline.
+                    chan.settimeout(max(reader.deadline - time.monotonic(), 0.001))
+                    _ship(conn, chan, payload, self.agent, stats)
+        except socket.timeout:
+            chan.close()
+            raise BootstrapError(
+                host, f"the servicer did not start within {self.deadline - self.started:g}s", log_tail=reader.tail()
+            ) from None
+        except (OSError, EOFError) as exc:
+            chan.close()
+            raise ChannelError(host, f"the connection broke during bootstrap: {exc}") from exc
+        except (BootstrapError, _Unusable):
+            chan.close()
+            raise
 
 
 def _ship(
@@ -206,19 +292,30 @@ def _ship(
         stats.shipped.append(name)
 
 
-def _exited(conn: Connection, chan: Channel, reader: _LineReader, python: str) -> BootstrapError:
-    """The channel closed before READY: explain why, most often a missing interpreter."""
+def _exited(conn: Connection, chan: Channel, reader: _LineReader, python: str, spoke: bool) -> BootstrapError:
+    """The channel closed before READY: explain why, most often a missing or unusable interpreter."""
     settle = time.monotonic() + 2.0
     while not chan.exit_status_ready() and time.monotonic() < settle:
         time.sleep(0.01)
     status = chan.recv_exit_status() if chan.exit_status_ready() else -1
     tail = reader.tail()
     chan.close()
+    if python == "discovery":
+        return RemotePythonError(conn.host, tail.strip() or f"interpreter discovery failed (status {status})", tail)
     if status == 127 or "not found" in tail or "No such file" in tail:
         return RemotePythonError(
             conn.host,
             f"no usable Python: {python!r} was not found on the host (exit status {status}); install python3 or "
             "name an interpreter with the inventory var ansible_python_interpreter",
+            log_tail=tail,
+        )
+    if not spoke:
+        last = (tail.strip().splitlines() or ["no output"])[-1]
+        return RemotePythonError(
+            conn.host,
+            f"no usable Python: {python!r} could not run sshfleet's bootstrap (exit status {status}: {last}); "
+            f"sshfleet needs Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} on the host (name one with the inventory "
+            "var ansible_python_interpreter)",
             log_tail=tail,
         )
     return BootstrapError(conn.host, f"the bootstrap exited with status {status} before the servicer started", tail)

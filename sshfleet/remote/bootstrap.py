@@ -18,7 +18,7 @@ import sys
 
 # The oldest host Python, stated here and only here: comments and docs that name it must agree, and
 # tests/unit/test_remote_standalone.py runs sshfleet/remote/ standalone under it.
-MIN_PYTHON = (3, 9)
+MIN_PYTHON = (3, 7)
 COMPLETE_MARK = ".sshfleet-complete"
 
 
@@ -34,11 +34,35 @@ def fail(kind, message, **extra):
     sys.exit(1)
 
 
+def musl_version():
+    """The musl version ("1.2") of an Alpine-like host, whose platform.libc_ver() is empty; "" if not musl."""
+    import glob
+    import re
+    import subprocess
+
+    for loader in sorted(glob.glob("/lib/ld-musl-*.so.1")):
+        try:
+            # Run with no arguments, musl's dynamic loader prints its version on stderr.
+            out = subprocess.run([loader], capture_output=True, timeout=5).stderr
+        except (OSError, subprocess.SubprocessError):
+            continue
+        match = re.search(rb"Version (\d+\.\d+)", out)
+        return match.group(1).decode() if match else "1.1"
+    return ""
+
+
 def host_facts():
     libc, libc_version = platform.libc_ver()
+    if not libc:
+        musl = musl_version()
+        if musl:
+            libc, libc_version = "musl", musl
+    tag = "cp%d%d-%s" % (sys.version_info[0], sys.version_info[1], platform.machine())
     return {
         "python": platform.python_version(),
-        "tag": "cp%d%d-%s" % (sys.version_info[0], sys.version_info[1], platform.machine()),
+        # Hosts of one tag share a deps bundle: musl hosts need other wheels than glibc ones.
+        "tag": tag + "-musl" if libc == "musl" else tag,
+        "abi": "cp%d%d%s" % (sys.version_info[0], sys.version_info[1], getattr(sys, "abiflags", "")),
         "machine": platform.machine(),
         "system": platform.system(),
         "libc": libc,
@@ -171,6 +195,7 @@ def main():
             "(name another interpreter with the inventory var ansible_python_interpreter)"
             % (facts["python"], sys.executable, MIN_PYTHON[0], MIN_PYTHON[1]),
             facts=facts,
+            reason="too_old",
         )
     home_cache = os.path.expanduser(config.get("cache", "~/.cache/sshfleet"))
     parent = os.path.dirname(home_cache)
@@ -213,4 +238,6 @@ def main():
     sshfleet_runtime.serve(config, facts, session_dir, stdin, emit)
 
 
-main()
+# Guarded so that the controller can import MIN_PYTHON from here; the loader runs us as __main__.
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,5 @@
 # The servicer runtime on the host, shipped in every agent bundle as the top-level module `sshfleet_runtime`.
-# Standard library + grpcio + protobuf only; never imports sshfleet. Python >= 3.9.
+# Standard library + grpcio + protobuf only; never imports sshfleet. Python >= 3.7.
 #
 # Life cycle: bootstrap.py calls serve(); we bind 127.0.0.1 on an ephemeral port, print READY, then live as long
 # as the SSH channel that started us: EOF on stdin, a "STOP" line, or no heartbeat for `liveness` seconds stops
@@ -309,7 +309,9 @@ class _Registrar:
 
     def add_registered_method_handlers(self, service, handlers):
         self._calls.add_registered_method_handlers(service, handlers)
-        self._server.add_registered_method_handlers(service, handlers)
+        register = getattr(self._server, "add_registered_method_handlers", None)
+        if register is not None:  # grpcio < 1.63 has none: the generic handler added before serves the calls
+            register(service, handlers)
 
     def __getattr__(self, name):
         return getattr(self._server, name)
@@ -402,6 +404,33 @@ class Session:
         shutil.rmtree(self.session_dir, ignore_errors=True)
 
 
+def _version(text):
+    numbers = []
+    for part in text.split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        numbers.append(int(digits or 0))
+    return tuple(numbers)
+
+
+def use_compat_gencode(agent_dir, facts):
+    """Put the bundle's adapted generated modules first on sys.path when this host's grpcio or protobuf is older
+    than the gencode asks for (the controller picked the newest release this Python has; see sshfleet/_payload.py).
+    Returns whether it did."""
+    import json
+
+    try:
+        with open(os.path.join(agent_dir, "sshfleet_compat", "gencode.json")) as f:
+            needs = json.load(f)
+    except OSError:
+        return False
+    have = {"grpcio": facts["grpcio"], "protobuf": facts["protobuf"]}
+    if all(_version(have[dist]) >= _version(version) for dist, version in needs.items() if dist in have):
+        return False
+    sys.path.insert(0, os.path.join(agent_dir, "sshfleet_compat"))
+    log.info("grpcio %s, protobuf %s here: using gencode adapted for them", have["grpcio"], have["protobuf"])
+    return True
+
+
 def serve(config, facts, session_dir, stdin, emit):
     if os.getpgid(0) != os.getpid():
         try:
@@ -427,6 +456,10 @@ def serve(config, facts, session_dir, stdin, emit):
                 ("grpc.http2.lookahead_bytes", 4 << 20),
             ],
         )
+        import google.protobuf
+
+        facts = dict(facts, grpcio=grpc.__version__, protobuf=google.protobuf.__version__)
+        facts["compat_gencode"] = use_compat_gencode(os.path.dirname(os.path.abspath(__file__)), facts)
         calls = Calls()
         registrar = _Registrar(server, calls)
         for name in config["servicers"]:

@@ -1,0 +1,188 @@
+"""Agents run on the host Pythons that testbed images ship (pyenv's interpreters stand in for them): each host
+gets the newest grpcio/protobuf published for its Python and gencode adapted to them; a mixed fleet starts in one
+call; when `python3` is broken, discovery finds another interpreter and says which.
+
+The first run per Python downloads its wheels into ~/.cache/sshfleet/controller/wheelhouse (about 6-7 MB each);
+later runs reuse them. pyenv lives under /root, which the `fleet` user cannot enter: the old-Python tests log in
+as root, and `fleet` is tested with the interpreters it can run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import sshfleet
+from agents.exec_agent import ExecAgent
+from agents.sysinfo import SysinfoAgent
+from sshfleet import Timeouts
+from sshfleet.errors import RemotePythonError
+
+PYENV = Path(os.environ.get("PYENV_ROOT") or "/root/.pyenv") / "versions"
+# What each host Python gets today (the newest releases with wheels for it, no newer than the controller's).
+OLD_PYTHONS = [(3, 7), (3, 8), (3, 9)]
+COLD = Timeouts(bootstrap=300)  # a first start per Python downloads its wheels
+
+
+def pyenv_python(minor: int) -> str:
+    found = sorted(PYENV.glob(f"3.{minor}.*/bin/python3"))
+    if not found:
+        pytest.skip(f"no Python 3.{minor} under {PYENV}")
+    return str(found[-1])
+
+
+def version_of(python: str) -> str:
+    return subprocess.check_output([python, "-c", "import platform; print(platform.python_version())"], text=True)
+
+
+def facts(agent: sshfleet.Agent, host: str) -> dict:
+    """What the bootstrap and the runtime reported when the servicer started on ``host``."""
+    process = agent._hosts[host].process
+    assert process is not None
+    return process.facts
+
+
+@pytest.mark.parametrize("python_version", OLD_PYTHONS, ids=lambda v: f"py{v[0]}{v[1]}")
+def test_builtin_agents_run_on_an_old_host_python(testbed, python_version):
+    python = pyenv_python(python_version[1])
+    hosts = [h.name for h in testbed.hosts[:2]]
+    with SysinfoAgent(hosts, ssh_options=testbed.ssh_options(), python=python, timeouts=COLD) as agent:
+        assert agent.started.success(), agent.started.status()
+        replies = agent.Uname()
+        assert replies.success(), replies.status()
+        assert {r.python_version for r in replies.values()} == {version_of(python).strip()}
+        chunks = sorted((host, chunk.index) for host, chunk in agent.Count(n=3, size=10))
+        assert chunks == sorted((h, i) for h in hosts for i in range(3))
+        for host in hosts:
+            reported = facts(agent, host)
+            assert reported["interpreter"] == python and not reported["discovered"]
+            # Older grpcio/protobuf than the controller's: the adapted gencode is what runs.
+            assert reported["compat_gencode"], reported
+            assert reported["grpcio"] != _installed("grpcio") and reported["protobuf"] != _installed("protobuf")
+    with ExecAgent(hosts, ssh_options=testbed.ssh_options(), python=python) as runner:
+        replies = runner.Run(["sh", "-c", "echo $0", "hello"], timeout=30)
+        assert replies.success(), replies.status()
+        assert {r.stdout for r in replies.values()} == {b"hello\n"}
+
+
+def _installed(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+@pytest.mark.parametrize("python_version", OLD_PYTHONS, ids=lambda v: f"py{v[0]}{v[1]}")
+def test_a_freshly_generated_agent_runs_on_an_old_host_python(testbed, tmp_path, python_version):
+    """load_agent() from a proto importing a well-known type: its pb2 builds on the host's older protobuf."""
+    python = pyenv_python(python_version[1])
+    minor = python_version[1]  # protobuf keeps one registry per process: one package per Python
+    proto = tmp_path / f"old_py{minor}_agent.proto"
+    proto.write_text(
+        f'syntax = "proto3";\npackage oldpy{minor};\nimport "google/protobuf/timestamp.proto";\n'
+        "service OldPyAgent { rpc Ping(PingArgs) returns (Response) {} }\n"
+        "message PingArgs { string word = 1; google.protobuf.Timestamp at = 2; }\n"
+        "message Response { bool success = 1; string comment = 2; }\n"
+    )
+    agent_class = sshfleet.load_agent(str(proto))
+    host = testbed.hosts[2].name
+    with agent_class([host], ssh_options=testbed.ssh_options(), python=python, timeouts=COLD) as agent:
+        assert agent.started.success(), agent.started.status()
+        replies = agent.Ping(word="hi")
+        assert not replies.errors, replies.status()
+        assert replies[host].comment == "Not implemented."
+        assert facts(agent, host)["python"] == version_of(python).strip()
+
+
+def test_a_mixed_fleet_starts_in_one_call_from_an_inventory(testbed, tmp_path):
+    """ansible_python_interpreter per host: 3.8, 3.9, the system 3.11 and 3.13 at once, each with its bundle."""
+    pythons = [pyenv_python(8), pyenv_python(9), "/usr/bin/python3", pyenv_python(13)]
+    hosts = testbed.hosts[:4]
+    lines = ["[mixed]"]
+    lines += [f"{h.name} ansible_host={h.address} ansible_python_interpreter={p}" for h, p in zip(hosts, pythons)]
+    inventory = tmp_path / "mixed.ini"
+    inventory.write_text("\n".join(lines) + "\n")
+    expected = {h.name: version_of(p).strip() for h, p in zip(hosts, pythons)}
+    for round_ in ("first", "again"):  # the second start finds every bundle cached on its host
+        agent = SysinfoAgent.from_inventory(str(inventory), "mixed", ssh_options=testbed.ssh_options(), timeouts=COLD)
+        with agent:
+            assert agent.started.success(), agent.started.status()
+            replies = agent.Uname()
+            assert replies.success(), replies.status()
+            assert {h: r.python_version for h, r in replies.items()} == expected
+            reported = {h: facts(agent, h) for h in expected}
+            assert {h: f["interpreter"] for h, f in reported.items()} == {h.name: p for h, p in zip(hosts, pythons)}
+            if round_ == "again":
+                assert all(info["shipped"] == [] for info in agent.started.values()), agent.started.to_dict()
+    # 3.8 and 3.9 get the newest grpcio/protobuf they have, older than the controller's; 3.11 and 3.13 its own.
+    controller = (_installed("grpcio"), _installed("protobuf"))
+    runtimes = [(reported[h.name]["grpcio"], reported[h.name]["protobuf"]) for h in hosts]
+    assert runtimes[0] != controller and runtimes[1] != controller and runtimes[0] != runtimes[1]
+    assert runtimes[2] == runtimes[3] == controller
+
+
+@pytest.fixture
+def broken_python3(testbed) -> Iterator[tuple[str, str]]:
+    """On one host, the `fleet` user's PATH starts with a directory whose `python3` is a broken script.
+
+    The directory lives in that host's private /tmp and ~fleet/.bashrc (which bash reads for an ssh command)
+    prepends it only where it exists, so no other host sees it; both are removed afterwards.
+    """
+    host = testbed.hosts[3]
+    name = f"sshfleet-broken-{uuid.uuid4().hex[:8]}"
+    bindir = host.tmp_dir / name
+    bindir.mkdir()
+    script = bindir / "python3"
+    script.write_text("#!/bin/sh\necho 'python3: this one is broken on purpose' >&2\nexit 1\n")
+    script.chmod(0o755)
+    os.chmod(bindir, 0o755)
+    bashrc = Path("/home/fleet/.bashrc")
+    original = bashrc.read_bytes()
+    line = f'[ -d /tmp/{name} ] && PATH="/tmp/{name}:$PATH"  # {name}\n'
+    bashrc.write_bytes(line.encode() + original)
+    try:
+        yield host.name, name
+    finally:
+        bashrc.write_bytes(re.sub(rb"^.*# " + name.encode() + rb"\n", b"", bashrc.read_bytes(), flags=re.M))
+        shutil.rmtree(bindir, ignore_errors=True)
+
+
+def test_discovery_finds_a_working_python_when_python3_is_broken(testbed, broken_python3):
+    host, name = broken_python3
+    options = testbed.ssh_options("fleet")
+    with ExecAgent([host], ssh_options=options) as probe:
+        which = probe.Run(shell="command -v python3; python3 -c 'print(1)'", timeout=30)
+    # The ExecAgent itself needed discovery: the login's python3 is the broken one.
+    assert which[host].stdout.decode().splitlines()[0] == f"/tmp/{name}/python3"
+    assert which[host].exit_code != 0
+    with SysinfoAgent([host], ssh_options=options) as agent:
+        assert agent.started.success(), agent.started.status()
+        reported = facts(agent, host)
+        assert reported["discovered"] and reported["interpreter"] == "/usr/bin/python3"
+        assert agent.Uname()[host].python_version == version_of("/usr/bin/python3").strip()
+
+
+def test_a_named_interpreter_is_not_replaced_by_discovery(testbed, broken_python3):
+    host, name = broken_python3
+    with SysinfoAgent([host], ssh_options=testbed.ssh_options("fleet"), python=f"/tmp/{name}/python3") as agent:
+        error = agent.started[host]
+        assert isinstance(error, RemotePythonError), agent.started.status()
+        assert f"/tmp/{name}/python3" in error.message and "broken on purpose" in error.message
+
+
+def test_a_python_older_than_any_wheel_is_a_clear_error(testbed):
+    """Python 2.7 cannot even run the bootstrap: a per-host error naming the interpreter, no discovery."""
+    python = str(PYENV / "2.7.18" / "bin" / "python")
+    if not os.path.exists(python):
+        pytest.skip("no Python 2.7 under pyenv")
+    host = testbed.hosts[0].name
+    with SysinfoAgent([host], ssh_options=testbed.ssh_options(), python=python) as agent:
+        error = agent.started[host]
+        assert isinstance(error, RemotePythonError), agent.started.status()
+        assert python in error.message and "sshfleet needs Python >= " in error.message
