@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import re
 import tarfile
+from pathlib import Path
 
 from sshfleet import _payload
 
@@ -49,3 +52,38 @@ def test_local_deps_bundle_contains_grpc_and_protobuf(tmp_path, monkeypatch):
     assert "typing_extensions.py" in names
     assert not any("__pycache__" in n or ".dist-info" in n for n in names)
     assert _payload.known_deps()[_payload.local_tag()] == bundle.hash
+
+
+def test_agent_bundle_adds_gencode_adapted_for_older_runtimes():
+    """The bundle's sshfleet_compat/ copies lose only the runtime version guards; gencode.json says what the
+    originals need, which the runtime compares with the host's grpcio/protobuf."""
+    agents = Path(__file__).resolve().parents[2] / "agents"
+    files = {name: agents / name for name in ("sysinfo_pb2.py", "sysinfo_pb2_grpc.py")}
+    with tarfile.open(fileobj=io.BytesIO(_payload.agent_bundle(files).data), mode="r:gz") as tar:
+        contents = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile()}
+    needs = json.loads(contents["sshfleet_compat/gencode.json"])
+
+    original, adapted = contents["sysinfo_pb2.py"], contents["sshfleet_compat/sysinfo_pb2.py"]
+    guard = re.search(r"^_runtime_version\.ValidateProtobufRuntimeVersion\((.*?)^\)\n", original, re.M | re.S)
+    assert guard is not None
+    assert [int(x) for x in re.findall(r"\d+", guard[1])[:3]] == [int(x) for x in needs["protobuf"].split(".")]
+    expected = original.replace(guard[0], "").replace(
+        "from google.protobuf import runtime_version as _runtime_version\n", ""
+    )
+    assert adapted.splitlines(keepends=True)[1:] == expected.splitlines(keepends=True)  # + one comment line
+
+    original, adapted = contents["sysinfo_pb2_grpc.py"], contents["sshfleet_compat/sysinfo_pb2_grpc.py"]
+    assert f"GRPC_GENERATED_VERSION = '{needs['grpcio']}'" in original
+    assert "GRPC_GENERATED_VERSION" not in adapted and "_version_not_supported" not in adapted
+    assert "_registered_method=" not in adapted  # grpcio < 1.63 refuses it (the runtime registers handlers)
+    for name in ("class SysinfoAgentStub:", "def add_SysinfoAgentServicer_to_server(servicer, server):"):
+        assert name in adapted
+    for text in (contents["sshfleet_compat/sysinfo_pb2.py"], adapted):
+        compile(text, "adapted", "exec")
+
+
+def test_modules_without_version_guards_are_shipped_as_they_are(tmp_path):
+    pb2 = tmp_path / "old_pb2.py"
+    pb2.write_text("DESCRIPTOR = None\n")
+    with tarfile.open(fileobj=io.BytesIO(_payload.agent_bundle({"old_pb2.py": pb2}).data), mode="r:gz") as tar:
+        assert set(tar.getnames()) == {"old_pb2.py", "sshfleet_runtime.py"}
