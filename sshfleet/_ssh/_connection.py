@@ -28,6 +28,7 @@ from sshfleet._ssh._errors import paramiko_errors
 from sshfleet._ssh._forward import Tunnel
 from sshfleet._ssh._pool import JumpPool
 from sshfleet._ssh._seam import Channel
+from sshfleet._ssh._sftp import SftpClient
 from sshfleet.errors import ChannelError, ConnectError, ConnectTimeout, HostKeyError, UsageError
 
 log = logging.getLogger("sshfleet.ssh")
@@ -166,6 +167,21 @@ class SshConnection:
             self._tunnels = {t for t in self._tunnels if not t.closed}
             self._tunnels.add(tunnel)
         return tunnel
+
+    def open_sftp(self, *, stall: float, timeout: float) -> SftpClient:
+        """An SFTP session on a new channel (``sftp`` subsystem); opening it is bounded by ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with paramiko_errors(self.host, "opening an SFTP session"):
+            channel = self._transport.open_session(window_size=WINDOW_SIZE, timeout=timeout)
+        try:
+            with _watchdog(channel, deadline), paramiko_errors(self.host, "starting SFTP"):
+                channel.invoke_subsystem("sftp")
+        except BaseException:
+            channel.close()
+            raise
+        channel.in_window_threshold = WINDOW_SIZE // 2  # as for forwards: fewer WINDOW_ADJUSTs on downloads
+        remaining = max(0.1, deadline - time.monotonic())
+        return SftpClient.start(self.host, channel, stall=stall, timeout=remaining, close_timeout=self._close_timeout)
 
     def close(self) -> None:
         with self._lock:

@@ -52,6 +52,7 @@ from sshfleet._ssh._openssh_args import (
 )
 from sshfleet._ssh._pipe_channel import PipeChannel, _reap
 from sshfleet._ssh._pool import JumpPool
+from sshfleet._ssh._sftp import SftpClient
 from sshfleet.errors import ChannelError, ConnectError, UsageError
 
 # PipeChannel is re-exported: sshfleet._ssh imports it from here.
@@ -255,6 +256,24 @@ class OpenSshConnection:
             reason = "refused" if "refused" in text or "failed" in text else f"not opened within {timeout:g}s"
             raise ChannelError(self.host, f"forward to {dest_host}:{dest_port} {reason}: {text or 'no reply'}")
         return channel
+
+    def open_sftp(self, *, stall: float, timeout: float) -> SftpClient:
+        """An SFTP session through a mux client running the ``sftp`` subsystem (``ssh -s``); paramiko's SFTP
+        client speaks the protocol over its pipes. Raises ChannelError with ssh's words when refused."""
+        self._require_active("open an SFTP session")
+        channel = self._client([*mux_argv(self.control_path), "-T", "-s", "--", self.address, "sftp"])
+
+        def said() -> str:
+            data = b""
+            with contextlib.suppress(Exception):
+                channel.settimeout(1.0)
+                while chunk := channel.recv_stderr(65536):
+                    data += chunk
+            return ssh_message(data.decode("utf-8", "replace"))
+
+        return SftpClient.start(
+            self.host, channel, stall=stall, timeout=timeout, close_timeout=self._close_timeout, said=said
+        )
 
     def forward_unix(self, dest_host: str, dest_port: int, *, timeout: Optional[float] = None) -> str:
         """A local Unix socket (mode 0600, in this connection's 0700 directory) that the master forwards to

@@ -7,6 +7,7 @@ package. Both transports raise only ``sshfleet.errors`` (translated in ``_errors
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Protocol
 
 
@@ -50,6 +51,67 @@ class Forward(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class RemoteStat:
+    """What SFTP says of one remote path: ``kind`` is "file", "dir", "link" or "other"; ``mode`` holds the
+    permission bits only; ``mtime`` is in whole seconds (SFTP v3 has no finer times)."""
+
+    kind: str
+    size: int
+    mode: int
+    mtime: int
+
+
+class RemoteReader(Protocol):
+    """A remote file open for reading, fetched ahead (pipelined). ``read`` returns b"" at the end."""
+
+    def read(self, nbytes: int, /) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class RemoteWriter(Protocol):
+    """A remote file being written, pipelined: a write's failure may surface at a later write or at ``finish``.
+
+    ``finish(mtime)`` sets the modification time and closes, raising if any write failed; ``close()`` drops it
+    (never raises)."""
+
+    def write(self, data: bytes, /) -> None: ...
+    def finish(self, mtime: Optional[int] = None) -> None: ...
+    def close(self) -> None: ...
+
+
+class SftpSession(Protocol):
+    """One SFTP session on a host's connection (the ``sftp`` subsystem), from ``Connection.open_sftp``; a
+    context manager. Both transports serve it with the same class (``_sftp.py``).
+
+    Paths are the host's; relative ones start at the login user's home. Every method raises ChannelError whose
+    message names the path and the reason (no such file or directory, permission denied, no reply from the host
+    for ``stall`` seconds, connection lost, or what the server said). ``stat`` returns None for a path that does
+    not exist. ``rename`` replaces ``dst`` atomically (POSIX rename). ``create`` makes a new file exclusively, with
+    ``mode``, before any byte is written. ``close()`` is idempotent, never raises, returns within about
+    ``Timeouts.close`` seconds, and may be called from another thread to abort what is in flight.
+    """
+
+    host: str
+
+    def stat(self, path: str, *, follow: bool = True) -> Optional[RemoteStat]: ...
+    def listdir(self, path: str) -> list[tuple[str, RemoteStat]]: ...
+    def realpath(self, path: str) -> str: ...
+    def open_read(self, path: str, size: int) -> RemoteReader: ...
+    def create(self, path: str, mode: int) -> RemoteWriter: ...
+    def rename(self, src: str, dst: str) -> None: ...
+    def remove(self, path: str) -> None: ...
+    def mkdir(self, path: str, mode: int) -> None: ...
+    def rmdir(self, path: str) -> None: ...
+    def chmod(self, path: str, mode: int) -> None: ...
+    def utime(self, path: str, mtime: int) -> None: ...
+    def symlink(self, target: str, path: str) -> None: ...
+    def readlink(self, path: str) -> str: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> SftpSession: ...
+    def __exit__(self, *exc_info: object) -> None: ...
+
+
 class Connection(Protocol):
     """One authenticated SSH connection to one host; a context manager.
 
@@ -61,13 +123,15 @@ class Connection(Protocol):
     * ``open_forward(host, port, timeout=...)`` is one channel to ``host:port`` as seen from the host.
     * ``forward_local(port, timeout=...)`` is a Forward: a local socket whose every connection reaches
       ``127.0.0.1:port`` on the host. It is served without a thread per connection.
+    * ``open_sftp(stall=..., timeout=...)`` is an SFTP session on this connection (see ``SftpSession``);
+      ``timeout`` bounds opening it, ``stall`` how long any one request may wait for the host.
     * ``is_active()`` is true while the connection can serve requests (no network round trip).
     * ``describe()`` is one line for people: ``user@address:port (detail)``.
     * ``close()`` is idempotent, never raises, takes at most about ``Timeouts.close`` seconds, closes every
       channel and forward still open, and releases the jump hosts it went through (they close with their last
       user).
 
-    exec/open_forward/forward_local raise ChannelError when the connection cannot serve the request.
+    exec/open_forward/forward_local/open_sftp raise ChannelError when the connection cannot serve the request.
     """
 
     host: str
@@ -89,6 +153,8 @@ class Connection(Protocol):
     def open_forward(self, dest_host: str, dest_port: int, *, timeout: float) -> Channel: ...
 
     def forward_local(self, dest_port: int, *, timeout: float) -> Forward: ...
+
+    def open_sftp(self, *, stall: float, timeout: float) -> SftpSession: ...
 
     def close(self) -> None: ...
 
