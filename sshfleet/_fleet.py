@@ -29,6 +29,9 @@ from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, Timeouts, Tra
 from sshfleet.errors import ConnectError, HostError, UsageError
 
 if TYPE_CHECKING:
+    from os import PathLike
+
+    from sshfleet._responses import Responses
     from sshfleet.inventory import Inventory
 
 log = logging.getLogger(__name__)
@@ -441,6 +444,56 @@ class Fleet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --- files (the transfer logic is in _files.py) ---------------------------------------------------------
+
+    def put(
+        self,
+        local: Union[str, PathLike[str]],
+        remote: str,
+        *,
+        mode: Optional[int] = None,
+        timeout: Optional[float] = None,
+        on_progress: Optional[Callable[[str, int, int], None]] = None,
+    ) -> Responses:
+        """Copy a local file or tree to ``remote`` on every host (inside it when it is a directory, as scp);
+        atomic per file, modes and times kept (``mode=`` sets the files'). One ``Transfer`` or HostError per
+        host; ``timeout`` bounds each host's transfer, ``on_progress(host, done, total)`` reports bytes."""
+        from sshfleet import _files
+
+        self._check_open()
+        return _files.put(self, local, remote, mode=mode, timeout=timeout, on_progress=on_progress)
+
+    def get(
+        self,
+        remote: str,
+        local_dir: Union[str, PathLike[str]],
+        *,
+        timeout: Optional[float] = None,
+        on_progress: Optional[Callable[[str, int, int], None]] = None,
+    ) -> Responses:
+        """Copy ``remote`` (a file, a tree or a glob) from every host into ``local_dir/HOST/``, atomic per file.
+        One ``Transfer`` (its ``paths`` are the local files) or HostError per host."""
+        from sshfleet import _files
+
+        self._check_open()
+        return _files.get(self, remote, local_dir, timeout=timeout, on_progress=on_progress)
+
+    def sync(
+        self,
+        local_dir: Union[str, PathLike[str]],
+        remote_dir: str,
+        *,
+        delete: bool = False,
+        timeout: Optional[float] = None,
+        on_progress: Optional[Callable[[str, int, int], None]] = None,
+    ) -> Responses:
+        """``rsync -a local_dir/ remote_dir/`` on every host: send what differs in size or mtime; with
+        ``delete``, remove what is not here. The ``Transfer`` counts files sent, skipped and deleted."""
+        from sshfleet import _files
+
+        self._check_open()
+        return _files.sync(self, local_dir, remote_dir, delete=delete, timeout=timeout, on_progress=on_progress)
 
 
 _live_fleets: weakref.WeakSet[Fleet] = weakref.WeakSet()

@@ -1,0 +1,727 @@
+"""Files across a fleet: ``put``, ``get`` and ``sync`` over each host's existing SSH connection (SFTP).
+
+Named and laid out as users of the usual tools expect: ``put``/``get`` as Fabric's ``Group``; a local path
+given to ``put`` lands where ``scp``/``cp`` would put it (inside ``remote`` when that is a directory or ends with
+"/", else as ``remote``); ``get`` saves each host's copy under ``LOCAL_DIR/HOST/`` (ClusterShell's
+``--rcopy`` keeps hosts apart by name the same way); ``sync`` is ``rsync -a LOCAL_DIR/ REMOTE_DIR/``: a file is
+sent when its size or modification time differ, and ``delete=True`` is ``--delete``. Modes and modification
+times are kept (``scp -p``); symlinks inside trees are copied as symlinks (``rsync -a``).
+
+The receiving side is atomic: each file is written under a temporary name in its own directory
+(``.NAME.XXXXXXXX.sshfleet-part``, mode already final, or 0600 locally), then renamed over the final name, so
+a final name never holds a partial file; a failure removes the temporary file (on a host: when the link still
+allows it). Each host is one outcome in the returned ``Responses``: a ``Transfer`` or the ``HostError``
+naming the path and the reason; hosts run in parallel, at most ``forks`` at once.
+
+Deadlines: a host that sends nothing for ``Timeouts.call`` seconds fails ("no reply from the host"); with
+``timeout=``, a host's whole transfer also fails past that many seconds, and its outcome is reported then even
+if the link is too dead for the SFTP session to close cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import posixpath
+import re
+import secrets
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
+
+from sshfleet._options import HostSpec
+from sshfleet._responses import Responses
+from sshfleet.errors import ChannelError, HostError, UsageError
+
+if TYPE_CHECKING:
+    from sshfleet._fleet import Fleet
+    from sshfleet._ssh._seam import SftpSession
+
+__all__ = ["Progress", "Transfer", "fetch", "get", "put", "sync"]
+
+CHUNK = 1 << 20  # bytes read or written per step; progress is reported at this grain
+PART_SUFFIX = ".sshfleet-part"
+_GLOB = re.compile(r"[*?[]")
+
+Progress = Callable[[str, int, int], None]
+"""``on_progress(host, bytes_done, bytes_total)``, called from worker threads as data moves."""
+
+T = TypeVar("T")
+
+
+class Transfer(dict[str, Any]):
+    """One host's outcome of put/get/sync: ``files`` and ``bytes`` moved, ``seconds``, ``paths`` written (remote
+    paths for put/sync, local ones for get), and for sync ``skipped`` (already up to date) and ``deleted``.
+
+    A dict, so ``Responses.to_dict()`` and ``--json`` take it as it is; the attributes are for reading."""
+
+    @property
+    def files(self) -> int:
+        return int(self["files"])
+
+    @property
+    def bytes(self) -> int:
+        return int(self["bytes"])
+
+    @property
+    def seconds(self) -> float:
+        return float(self["seconds"])
+
+    @property
+    def paths(self) -> list[str]:
+        return list(self["paths"])
+
+    @property
+    def skipped(self) -> int:
+        return int(self.get("skipped", 0))
+
+    @property
+    def deleted(self) -> int:
+        return int(self.get("deleted", 0))
+
+
+# --- what to copy ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One item of a tree: ``rel`` is its "/"-separated path under the root ("" for the root itself)."""
+
+    rel: str
+    kind: str  # "file", "dir" or "link"
+    size: int
+    mode: int
+    mtime: int
+    target: str = ""  # a link's target
+
+
+def local_tree(path: str) -> list[Entry]:
+    """``path`` (followed if a symlink) and, for a directory, everything under it, parents before children.
+
+    Raises UsageError naming the path when it does not exist or cannot be read: a caller's mistake, the same
+    for every host, found before anything goes on the network."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if stat.S_ISREG(info.st_mode):
+        return [Entry("", "file", info.st_size, stat.S_IMODE(info.st_mode), int(info.st_mtime))]
+    if not stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"{path} is neither a file nor a directory")
+    entries = [Entry("", "dir", 0, stat.S_IMODE(info.st_mode), int(info.st_mtime))]
+
+    def walk(directory: str, rel: str) -> None:
+        try:
+            with os.scandir(directory) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise UsageError(f"cannot list {directory}: {exc.strerror or exc}") from exc
+        for item in items:
+            sub = f"{rel}/{item.name}" if rel else item.name
+            st = item.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                entries.append(Entry(sub, "link", 0, 0o777, int(st.st_mtime), os.readlink(item.path)))
+            elif stat.S_ISDIR(st.st_mode):
+                entries.append(Entry(sub, "dir", 0, stat.S_IMODE(st.st_mode), int(st.st_mtime)))
+                walk(item.path, sub)
+            elif stat.S_ISREG(st.st_mode):
+                entries.append(Entry(sub, "file", st.st_size, stat.S_IMODE(st.st_mode), int(st.st_mtime)))
+
+    walk(path, "")
+    return entries
+
+
+def _safe_name(name: str, host: str, where: str) -> str:
+    """A name a host listed, refused if it could climb out of the directory it was listed in."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise ChannelError(host, f"listing {where}: the host returned an unusable name {name!r}")
+    return name
+
+
+def remote_tree(sftp: SftpSession, path: str, kind: str, size: int, mode: int, mtime: int) -> list[Entry]:
+    """The remote ``path`` (already stat'ed) and, for a directory, everything under it, parents first."""
+    entries = [Entry("", kind, size, mode, mtime)]
+    if kind != "dir":
+        return entries
+
+    def walk(directory: str, rel: str) -> None:
+        for name, st in sorted(sftp.listdir(directory)):
+            _safe_name(name, sftp.host, directory)
+            sub = f"{rel}/{name}" if rel else name
+            full = posixpath.join(directory, name)
+            if st.kind == "link":
+                entries.append(Entry(sub, "link", 0, 0o777, st.mtime, sftp.readlink(full)))
+            elif st.kind == "dir":
+                entries.append(Entry(sub, "dir", 0, st.mode, st.mtime))
+                walk(full, sub)
+            elif st.kind == "file":
+                entries.append(Entry(sub, "file", st.size, st.mode, st.mtime))
+
+    walk(path, "")
+    return entries
+
+
+def host_dir_name(host: str) -> str:
+    """The directory name of a host's copies under LOCAL_DIR: the host's name, made safe for a path."""
+    name = host.replace(os.sep, "_").replace("\0", "_")
+    return "_" if name in ("", ".", "..") else name
+
+
+# --- one host's job: deadline, cancellation, progress -------------------------------------------------------
+
+
+class _Stopped(Exception):
+    """The job's deadline passed: the worker stops at its next step."""
+
+
+class _Job:
+    """One host's transfer: what to undo if its deadline passes while its worker is stuck on a dead link."""
+
+    def __init__(self, host: str, total: int, on_progress: Optional[Progress]) -> None:
+        self.host = host
+        self.total = total
+        self.done = 0
+        self.files = 0
+        self.paths: list[str] = []
+        self.skipped = 0
+        self.deleted = 0
+        self._on_progress = on_progress
+        self._lock = threading.Lock()
+        self.stopped = False
+        self.sftp: Optional[SftpSession] = None
+        self.local_parts: set[str] = set()
+
+    def check(self) -> None:
+        if self.stopped:
+            raise _Stopped()
+
+    def moved(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self._on_progress is not None:
+            self._on_progress(self.host, self.done, self.total)
+
+    def add_part(self, path: str) -> None:
+        with self._lock:
+            self.check()
+            self.local_parts.add(path)
+
+    def drop_part(self, path: str) -> None:
+        with self._lock:
+            self.local_parts.discard(path)
+
+    def stop(self) -> None:
+        """Past the deadline: remove local partial files and close the SFTP session (never waits long)."""
+        with self._lock:
+            self.stopped = True
+            parts, self.local_parts = set(self.local_parts), set()
+        for part in parts:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+        if self.sftp is not None:
+            self.sftp.close()
+
+    def outcome(self, started: float, **extra: int) -> Transfer:
+        return Transfer(
+            files=self.files,
+            bytes=self.done,
+            seconds=round(time.monotonic() - started, 6),
+            paths=self.paths,
+            **extra,
+        )
+
+
+def _run_host(
+    host: str, timeout: Optional[float], job: _Job, work: Callable[[], Transfer]
+) -> Union[Transfer, HostError]:
+    """``work()`` as this host's outcome, within ``timeout`` seconds when given.
+
+    A worker stuck past the deadline (paramiko waits for TCP to give up on a dead link) is abandoned in its
+    thread: the job is stopped, so it undoes its partial files and ends at its next step."""
+
+    def guarded() -> Union[Transfer, HostError]:
+        try:
+            return work()
+        except HostError as exc:
+            return exc
+        except _Stopped:
+            return ChannelError(host, f"the transfer did not finish within {timeout:g}s")
+        except Exception as exc:  # a bug must cost one host, not the whole fleet's results
+            return ChannelError(host, f"unexpected error during the transfer: {exc!r}")
+
+    if timeout is None:
+        return guarded()
+    result: list[Union[Transfer, HostError]] = []
+    thread = threading.Thread(target=lambda: result.append(guarded()), name=f"sshfleet-files-{host}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if result:
+        return result[0]
+    job.stop()
+    thread.join(0.5)
+    if result and not isinstance(result[0], Transfer):
+        return result[0]
+    return ChannelError(host, f"the transfer did not finish within {timeout:g}s (the host stopped answering)")
+
+
+@contextlib.contextmanager
+def _local_errors(host: str, what: str, path: Union[str, Path]) -> Iterator[None]:
+    """A failure on the controller's disk while serving one host is that host's outcome, naming the path."""
+    try:
+        yield
+    except OSError as exc:
+        raise HostError(host, f"{what} {path} on the controller: {exc.strerror or exc}") from exc
+
+
+def _open_sftp(fleet: Fleet, host: str, job: _Job) -> SftpSession:
+    conn = fleet.connection(host)
+    sftp = conn.open_sftp(stall=fleet.timeouts.call, timeout=fleet.timeouts.connect)
+    job.sftp = sftp
+    if job.stopped:
+        sftp.close()
+        job.check()
+    return sftp
+
+
+def _each(fleet: Fleet, method: str, fn: Callable[[HostSpec], Union[Transfer, HostError]]) -> Responses:
+    outcomes = fleet.each(fn, fleet.specs)
+    return Responses(method, dict(zip(fleet.hosts, outcomes)))
+
+
+def _check_timeout(timeout: Optional[float]) -> None:
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise UsageError(f"timeout must be a positive number of seconds, got {timeout!r}")
+
+
+# --- writing remote files ----------------------------------------------------------------------------------
+
+
+def _part_name(path: str) -> str:
+    directory, name = posixpath.split(path)
+    return posixpath.join(directory, f".{name}.{secrets.token_hex(4)}{PART_SUFFIX}")
+
+
+def _upload(job: _Job, sftp: SftpSession, source: str, dest: str, mode: int, mtime: int) -> None:
+    """``source`` (local) to ``dest`` on the host through a temporary name in ``dest``'s directory."""
+    part = _part_name(dest)
+    writer = sftp.create(part, mode)
+    try:
+        with _local_errors(job.host, "reading", source), open(source, "rb") as src:
+            while True:
+                job.check()
+                with _local_errors(job.host, "reading", source):
+                    chunk = src.read(CHUNK)
+                if not chunk:
+                    break
+                writer.write(chunk)
+                job.moved(len(chunk))
+        writer.finish(mtime)
+        job.check()
+        sftp.rename(part, dest)
+    except BaseException:
+        writer.close()
+        with contextlib.suppress(HostError):
+            sftp.remove(part)
+        raise
+    job.files += 1
+    job.paths.append(dest)
+
+
+def _remote_symlink(sftp: SftpSession, target: str, dest: str) -> None:
+    part = _part_name(dest)
+    sftp.symlink(target, part)
+    try:
+        sftp.rename(part, dest)
+    except BaseException:
+        with contextlib.suppress(HostError):
+            sftp.remove(part)
+        raise
+
+
+def _destination(sftp: SftpSession, remote: str, name: str) -> str:
+    """Where ``put`` writes an item called ``name``: inside ``remote`` when it is a directory (or ends with
+    "/", then it must be one), else ``remote`` itself, as ``scp``/``cp`` decide."""
+    found = sftp.stat(remote)
+    if remote.endswith("/"):
+        if found is None:
+            # "file/" is ENOTDIR, which sftp-server reports as no such file: say which it is.
+            bare = sftp.stat(remote.rstrip("/")) if remote.rstrip("/") else None
+            if bare is not None and bare.kind != "dir":
+                raise ChannelError(sftp.host, f"not a directory: {remote}")
+            raise ChannelError(sftp.host, f"no such directory: {remote}")
+        if found.kind != "dir":
+            raise ChannelError(sftp.host, f"not a directory: {remote}")
+    if found is not None and found.kind == "dir":
+        return posixpath.join(remote, name)
+    return remote
+
+
+def _finish_dirs(sftp: SftpSession, dirs: list[tuple[str, int]]) -> None:
+    """Directories were created 0700 to be filled privately; give them their modes, deepest first."""
+    for path, mode in reversed(dirs):
+        sftp.chmod(path, mode)
+
+
+def _put_host(
+    fleet: Fleet, spec: HostSpec, local: str, tree: list[Entry], remote: str, mode: Optional[int], job: _Job
+) -> Transfer:
+    started = time.monotonic()
+    with _open_sftp(fleet, spec.name, job) as sftp:
+        root = tree[0]
+        dest = _destination(sftp, remote, os.path.basename(os.path.normpath(local)))
+        existing = sftp.stat(dest, follow=False)
+        if root.kind == "file":
+            if existing is not None and existing.kind == "dir":
+                raise ChannelError(spec.name, f"{dest} is a directory on the host; a file was expected there")
+            _upload(job, sftp, local, dest, root.mode if mode is None else mode, root.mtime)
+            return job.outcome(started)
+        if existing is not None and existing.kind != "dir":
+            raise ChannelError(spec.name, f"{dest} exists on the host and is not a directory")
+        made: list[tuple[str, int]] = []
+        if existing is None:
+            sftp.mkdir(dest, 0o700)
+            made.append((dest, root.mode))
+        for entry in tree[1:]:
+            job.check()
+            target = posixpath.join(dest, entry.rel)
+            source = os.path.join(local, *entry.rel.split("/"))
+            if entry.kind == "dir":
+                have = sftp.stat(target, follow=False)
+                if have is None:
+                    sftp.mkdir(target, 0o700)
+                    made.append((target, entry.mode))
+                elif have.kind != "dir":
+                    raise ChannelError(spec.name, f"{target} exists on the host and is not a directory")
+            elif entry.kind == "link":
+                _remote_symlink(sftp, entry.target, target)
+            else:
+                _upload(job, sftp, source, target, entry.mode if mode is None else mode, entry.mtime)
+        _finish_dirs(sftp, made)
+    return job.outcome(started)
+
+
+def put(
+    fleet: Fleet,
+    local: Union[str, os.PathLike[str]],
+    remote: str,
+    *,
+    mode: Optional[int] = None,
+    timeout: Optional[float] = None,
+    on_progress: Optional[Progress] = None,
+) -> Responses:
+    """Copy the local file or directory tree ``local`` to ``remote`` on every host (see the module docstring).
+
+    ``mode`` sets the files' permission bits (default: each file keeps its own). Raises UsageError, before
+    anything goes on the network, when ``local`` cannot be read; every other failure is its host's outcome."""
+    local_path = os.fspath(local)
+    if not remote:
+        raise UsageError("put: the remote path is empty")
+    if mode is not None and not 0 <= mode <= 0o7777:
+        raise UsageError(f"put: mode must be permission bits (0 to 0o7777), got {mode!r}")
+    _check_timeout(timeout)
+    tree = local_tree(local_path)
+    total = sum(e.size for e in tree if e.kind == "file")
+
+    def one(spec: HostSpec) -> Union[Transfer, HostError]:
+        job = _Job(spec.name, total, on_progress)
+        return _run_host(spec.name, timeout, job, lambda: _put_host(fleet, spec, local_path, tree, remote, mode, job))
+
+    return _each(fleet, "put", one)
+
+
+# --- reading remote files ----------------------------------------------------------------------------------
+
+
+def _download(job: _Job, sftp: SftpSession, source: str, dest: Path, entry: Entry) -> None:
+    """``source`` on the host to ``dest`` through a temporary file (0600) in ``dest``'s directory."""
+    host = job.host
+    with _local_errors(host, "writing", dest.parent):
+        fd, part = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PART_SUFFIX, dir=dest.parent)
+    try:
+        job.add_part(part)
+        with os.fdopen(fd, "wb") as out:
+            reader = sftp.open_read(source, entry.size)
+            try:
+                while True:
+                    job.check()
+                    chunk = reader.read(CHUNK)
+                    if not chunk:
+                        break
+                    with _local_errors(host, "writing", dest):
+                        out.write(chunk)
+                    job.moved(len(chunk))
+            finally:
+                reader.close()
+        with _local_errors(host, "writing", dest):
+            os.chmod(part, entry.mode)
+            os.utime(part, (entry.mtime, entry.mtime))
+            if dest.is_dir() and not dest.is_symlink():
+                raise HostError(host, f"{dest} is a directory on the controller; a file was expected there")
+            job.check()
+            os.replace(part, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        raise
+    finally:
+        job.drop_part(part)
+    job.files += 1
+    job.paths.append(str(dest))
+
+
+def _local_symlink(host: str, target: str, dest: Path) -> None:
+    part = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{PART_SUFFIX}")
+    with _local_errors(host, "writing", dest):
+        os.symlink(target, part)
+        try:
+            os.replace(part, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+            raise
+
+
+def _expand(sftp: SftpSession, pattern: str) -> list[str]:
+    """Remote paths matching a glob (``*``, ``?``, ``[...]`` in any component); names starting with "." match
+    only a pattern that starts with "." too, as in a shell."""
+    absolute = pattern.startswith("/")
+    parts = [p for p in pattern.split("/") if p]
+    paths = ["/" if absolute else ""]
+    for part in parts:
+        found = []
+        for base in paths:
+            if not _GLOB.search(part):
+                found.append(posixpath.join(base, part) if base else part)
+                continue
+            try:
+                listing = sftp.listdir(base or ".")
+            except ChannelError:
+                continue
+            for name, _st in sorted(listing):
+                if name.startswith(".") and not part.startswith("."):
+                    continue
+                if fnmatch.fnmatchcase(name, part):
+                    _safe_name(name, sftp.host, base or ".")
+                    found.append(posixpath.join(base, name) if base else name)
+        paths = found
+    return [p for p in paths if sftp.stat(p, follow=False) is not None]
+
+
+def _get_one(job: _Job, sftp: SftpSession, remote: str, into: Path) -> None:
+    found = sftp.stat(remote)
+    if found is None:
+        raise ChannelError(job.host, f"no such file or directory: {remote}")
+    name = posixpath.basename(remote.rstrip("/"))
+    if name in ("", ".", ".."):
+        name = posixpath.basename(sftp.realpath(remote))
+    if not name:
+        raise ChannelError(job.host, f"cannot get {remote}: give a file or a directory below /")
+    root = into / name
+    if found.kind == "file":
+        _download(job, sftp, remote, root, Entry("", "file", found.size, found.mode, found.mtime))
+        return
+    if found.kind != "dir":
+        raise ChannelError(job.host, f"{remote} is neither a file nor a directory")
+    tree = remote_tree(sftp, remote, found.kind, found.size, found.mode, found.mtime)
+    job.total = sum(e.size for e in tree if e.kind == "file")
+    made: list[tuple[Path, int]] = []
+    for entry in tree:
+        job.check()
+        dest = root.joinpath(*entry.rel.split("/")) if entry.rel else root
+        source = posixpath.join(remote, entry.rel) if entry.rel else remote
+        if entry.kind == "dir":
+            with _local_errors(job.host, "creating", dest):
+                if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+                    raise HostError(job.host, f"{dest} exists on the controller and is not a directory")
+                if not dest.exists():
+                    dest.mkdir(mode=0o700)
+            made.append((dest, entry.mode))
+        elif entry.kind == "link":
+            _local_symlink(job.host, entry.target, dest)
+        else:
+            _download(job, sftp, source, dest, entry)
+    for path, mode in reversed(made):
+        with _local_errors(job.host, "setting the mode of", path):
+            os.chmod(path, mode)
+
+
+def _get_host(fleet: Fleet, spec: HostSpec, remote: str, local_dir: Path, job: _Job) -> Transfer:
+    started = time.monotonic()
+    into = local_dir / host_dir_name(spec.name)
+    with _local_errors(spec.name, "creating", into):
+        into.mkdir(parents=True, exist_ok=True)
+    with _open_sftp(fleet, spec.name, job) as sftp:
+        if _GLOB.search(remote):
+            matches = _expand(sftp, remote)
+            if not matches:
+                raise ChannelError(spec.name, f"no match for {remote}")
+        else:
+            matches = [remote]
+        if len(matches) == 1 and matches[0] == remote:
+            found = sftp.stat(remote)
+            if found is not None and found.kind == "file":
+                job.total = found.size
+        for path in matches:
+            _get_one(job, sftp, path, into)
+    return job.outcome(started)
+
+
+def get(
+    fleet: Fleet,
+    remote: str,
+    local_dir: Union[str, os.PathLike[str]],
+    *,
+    timeout: Optional[float] = None,
+    on_progress: Optional[Progress] = None,
+    base: Optional[Mapping[str, Union[str, HostError]]] = None,
+) -> Responses:
+    """Copy ``remote`` (a file, a tree, or a glob such as ``/var/log/*.log``) from every host into
+    ``local_dir/HOST/`` (made if missing), each item under its own name.
+
+    ``base`` maps a host to the directory its relative ``remote`` starts from (default: the login user's home),
+    or to the error that host already has. Raises UsageError for an empty ``remote`` or a ``local_dir`` that is
+    not a directory; every other failure is its host's outcome."""
+    if not remote:
+        raise UsageError("get: the remote path is empty")
+    target = Path(os.fspath(local_dir))
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"get: {target} is not a directory")
+    _check_timeout(timeout)
+
+    def one(spec: HostSpec) -> Union[Transfer, HostError]:
+        path = remote
+        if base is not None and not remote.startswith("/"):
+            root = base.get(spec.name)
+            if isinstance(root, HostError):
+                return root
+            if root is None:
+                return HostError(spec.name, "no directory to start from on this host")
+            path = posixpath.join(root, remote)
+        job = _Job(spec.name, 0, on_progress)
+        return _run_host(spec.name, timeout, job, lambda: _get_host(fleet, spec, path, target, job))
+
+    return _each(fleet, "get", one)
+
+
+def fetch(
+    fleet: Fleet,
+    session_dirs: Mapping[str, Union[str, HostError]],
+    remote: str,
+    local_dir: Union[str, os.PathLike[str]],
+    *,
+    timeout: Optional[float] = None,
+    on_progress: Optional[Progress] = None,
+) -> Responses:
+    """What an agent's servicers wrote into their session directories (``remote`` relative to it, globs
+    allowed), collected into ``local_dir/HOST/``: the servicer needs to know no path on the controller.
+
+    ``session_dirs`` maps each host to its servicer's session directory, or to the host's error (a host whose
+    servicer did not start); an absolute ``remote`` is taken as it is."""
+    return get(fleet, remote, local_dir, timeout=timeout, on_progress=on_progress, base=session_dirs)
+
+
+# --- sync --------------------------------------------------------------------------------------------------
+
+
+def _remove_remote(sftp: SftpSession, path: str, kind: str) -> None:
+    if kind != "dir":
+        sftp.remove(path)
+        return
+    for name, st in sftp.listdir(path):
+        _safe_name(name, sftp.host, path)
+        _remove_remote(sftp, posixpath.join(path, name), st.kind)
+    sftp.rmdir(path)
+
+
+def _sync_host(fleet: Fleet, spec: HostSpec, local: str, tree: list[Entry], remote: str, delete: bool,
+               job: _Job) -> Transfer:  # fmt: skip
+    started = time.monotonic()
+    root_dir = remote.rstrip("/") or "/"
+    with _open_sftp(fleet, spec.name, job) as sftp:
+        found = sftp.stat(root_dir)
+        made: list[tuple[str, int]] = []
+        have: dict[str, Entry] = {}
+        if found is None:
+            sftp.mkdir(root_dir, 0o700)
+            made.append((root_dir, tree[0].mode))
+        elif found.kind != "dir":
+            raise ChannelError(spec.name, f"{root_dir} exists on the host and is not a directory")
+        else:
+            have = {e.rel: e for e in remote_tree(sftp, root_dir, "dir", 0, found.mode, found.mtime)[1:]}
+        wanted = {e.rel for e in tree[1:]}
+        for entry in tree[1:]:
+            job.check()
+            target = posixpath.join(root_dir, entry.rel)
+            old = have.get(entry.rel)
+            if old is not None and old.kind != entry.kind and (old.kind == "dir" or entry.kind == "dir"):
+                if not delete:
+                    raise ChannelError(
+                        spec.name,
+                        f"{target} is a {old.kind} on the host and a {entry.kind} here (delete=True replaces it)",
+                    )
+                _remove_remote(sftp, target, old.kind)
+                job.deleted += 1
+                have = {rel: e for rel, e in have.items() if rel != entry.rel and not rel.startswith(entry.rel + "/")}
+                old = None
+            if entry.kind == "dir":
+                if old is None:
+                    sftp.mkdir(target, 0o700)
+                    made.append((target, entry.mode))
+                elif old.mode != entry.mode:
+                    sftp.chmod(target, entry.mode)
+            elif entry.kind == "link":
+                if old is None or old.kind != "link" or old.target != entry.target:
+                    _remote_symlink(sftp, entry.target, target)
+                else:
+                    job.skipped += 1
+            elif old is not None and old.kind == "file" and (old.size, old.mtime) == (entry.size, entry.mtime):
+                job.skipped += 1
+                if old.mode != entry.mode:
+                    sftp.chmod(target, entry.mode)
+            else:
+                source = os.path.join(local, *entry.rel.split("/"))
+                _upload(job, sftp, source, target, entry.mode, entry.mtime)
+        if delete:
+            for rel in sorted(set(have) - wanted, key=lambda r: r.count("/"), reverse=True):
+                parent = rel.rsplit("/", 1)[0] if "/" in rel else None
+                if parent is not None and parent not in wanted:
+                    continue  # goes with its parent
+                _remove_remote(sftp, posixpath.join(root_dir, rel), have[rel].kind)
+                job.deleted += 1
+        _finish_dirs(sftp, made)
+    return job.outcome(started, skipped=job.skipped, deleted=job.deleted)
+
+
+def sync(
+    fleet: Fleet,
+    local_dir: Union[str, os.PathLike[str]],
+    remote_dir: str,
+    *,
+    delete: bool = False,
+    timeout: Optional[float] = None,
+    on_progress: Optional[Progress] = None,
+) -> Responses:
+    """Make ``remote_dir`` on every host hold what ``local_dir`` holds (``rsync -a local_dir/ remote_dir/``):
+    only files whose size or modification time differ are sent; with ``delete``, what is on a host and not
+    here is removed. ``remote_dir`` is created (its last component) when missing."""
+    local_path = os.fspath(local_dir)
+    if not remote_dir:
+        raise UsageError("sync: the remote directory is empty")
+    _check_timeout(timeout)
+    tree = local_tree(local_path)
+    if tree[0].kind != "dir":
+        raise UsageError(f"sync: {local_path} is not a directory (use put for a single file)")
+    total = sum(e.size for e in tree if e.kind == "file")
+
+    def one(spec: HostSpec) -> Union[Transfer, HostError]:
+        job = _Job(spec.name, total, on_progress)
+        return _run_host(
+            spec.name, timeout, job, lambda: _sync_host(fleet, spec, local_path, tree, remote_dir, delete, job)
+        )
+
+    return _each(fleet, "sync", one)
