@@ -17,8 +17,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, Callable, ClassVar, Optional, Union, cast
 
 import grpc
 import grpc.aio
@@ -27,6 +28,7 @@ from sshfleet import _payload
 from sshfleet._bootstrap import start_servicer
 from sshfleet._calls import CallFailed, CallStreams
 from sshfleet._fleet import Fleet, HostsArg, host_logger
+from sshfleet._futures import DEFERRED, RpcMethod, chain
 from sshfleet._hub import Hub
 from sshfleet._lifelines import HEARTBEAT, HostAgent, Lifelines
 from sshfleet._messages import build_request
@@ -80,6 +82,19 @@ class Agent:
     _module_file: ClassVar[str] = ""
     _extra_files: ClassVar[Sequence[str]] = ()
     _exception: ClassVar[type[AgentException]] = AgentException
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give each unary RPC method of a generated (or hand-written) agent class ``.future()`` and ``.aio()``."""
+        super().__init_subclass__(**kwargs)
+        if cls._pb2 is None or not cls._service_name:
+            return
+        service = cls._pb2.DESCRIPTOR.services_by_name.get(cls._service_name.rsplit(".", 1)[-1])
+        if service is None:
+            return
+        for method in service.methods:
+            func = cls.__dict__.get(method.name)
+            if callable(func) and not (method.client_streaming or method.server_streaming):
+                setattr(cls, method.name, RpcMethod(func))
 
     def __init__(
         self,
@@ -335,7 +350,39 @@ class Agent:
         seconds (None: ``Timeouts.call``). Returns one outcome per host by the deadline; raises UsageError
         (before anything goes on the network) for an unknown method or field, or a streaming method.
         """
+        if DEFERRED.get():  # the method body runs for .future() / .aio()
+            return cast(Responses, self.invoke_future(method, fields, timeout=timeout))
         return self._call(method, fields, timeout=timeout)
+
+    def invoke_future(
+        self, method: str, fields: Mapping[str, object], *, timeout: Optional[float] = None
+    ) -> Future[Responses]:
+        """``invoke()`` without waiting: the call starts on every host now; returns a Future of its Responses.
+
+        The future resolves by the deadline (a host that does not answer in time is a CallTimeout in the
+        Responses); its callbacks run on sshfleet's callback threads, not the I/O thread; ``cancel()`` cancels
+        every host's call. Caller mistakes (unknown method or field) raise here, before anything is sent.
+        """
+        name, method_desc, request, deadline = self._prepare(method, fields, timeout)
+        inner = asyncio.run_coroutine_threadsafe(
+            asyncio.wait_for(self._fanout(method_desc, request, deadline), deadline + 30), self._hub.loop
+        )
+
+        def cancel() -> None:
+            self._hub.loop.call_soon_threadsafe(inner.cancel)
+
+        return chain(inner, lambda outcomes: Responses(name, outcomes, error=self._exception), cancel)
+
+    async def invoke_async(
+        self, method: str, fields: Mapping[str, object], *, timeout: Optional[float] = None
+    ) -> Responses:
+        """``invoke()`` for the caller's asyncio loop (no thread per call); cancelling the task cancels the calls."""
+        future = self.invoke_future(method, fields, timeout=timeout)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
 
     def invoke_stream(
         self,
@@ -350,9 +397,14 @@ class Agent:
         every host (client streaming). Yields ``(host, reply)`` as replies arrive, ``(host, HostError)`` once for
         a host that fails; ``close()`` on the iterator cancels every host's call.
         """
+        if DEFERRED.get():
+            raise UsageError(f"{method} is a streaming RPC: iterate it instead of .future() / .aio()")
         return self._call_stream(method, request, timeout=timeout)
 
-    def _call(self, name: str, fields: Mapping[str, object], *, timeout: Optional[float] = None) -> Responses:
+    def _prepare(
+        self, name: str, fields: Mapping[str, object], timeout: Optional[float]
+    ) -> tuple[str, Any, Any, float]:
+        """Check a unary call before anything is sent: (name, method descriptor, request, deadline)."""
         self._check_open()
         method = self._method(name)
         if method.client_streaming or method.server_streaming:
@@ -361,6 +413,10 @@ class Agent:
         deadline = float(timeout) if timeout is not None else self.timeouts.call
         if deadline <= 0:
             raise UsageError(f"timeout must be positive, got {timeout!r}")
+        return name, method, request, deadline
+
+    def _call(self, name: str, fields: Mapping[str, object], *, timeout: Optional[float] = None) -> Responses:
+        name, method, request, deadline = self._prepare(name, fields, timeout)
         outcomes = self._hub.run(self._fanout(method, request, deadline), timeout=deadline + 30)
         return Responses(name, outcomes, error=self._exception)
 
@@ -428,8 +484,10 @@ class Agent:
     ) -> Iterator[tuple[str, Outcome]]:
         """Call a streaming RPC on every host; yields ``(host, reply)`` as replies arrive, from all hosts.
 
-        A host that fails yields ``(host, HostError)`` once. For client-streaming RPCs, ``request`` is an
-        iterable of messages (or field dicts) that is sent to every host.
+        A host that fails yields ``(host, HostError)`` once. For client-streaming and bidirectional RPCs,
+        ``request`` is an iterable of messages (or field dicts) sent to every host, or one stream per host: a dict
+        of host -> iterable, or a function of the host returning its iterable. Breaking out of the loop (once the
+        iterator is dropped), ``close()``, Ctrl-C or the deadline cancel every host's call.
         """
         return self._call_stream(name, request, timeout=timeout)
 
@@ -443,11 +501,23 @@ class Agent:
         self._check_open()
         method = self._method(name)
         deadline = float(timeout) if timeout is not None else self.timeouts.call
+        per_host: Optional[Callable[[str], Optional[Iterable[Any]]]] = None
         if method.client_streaming:
             source = request if request is not None else ()
+            requests: Optional[Iterable[Any]] = None
             if isinstance(source, Mapping):
-                raise UsageError(f"{name} takes a stream of requests: pass an iterable of messages or dicts")
-            requests: Optional[Iterable[Any]] = source
+                unknown = [h for h in source if h not in self._hosts]
+                if unknown:
+                    raise UsageError(
+                        f"{name} takes a stream of requests: an iterable of messages or dicts sent to every host, "
+                        f"or a dict of host -> iterable; {', '.join(map(repr, unknown[:3]))} "
+                        f"{'is not a host' if len(unknown) == 1 else 'are not hosts'} of this agent"
+                    )
+                per_host = cast(Mapping[str, Iterable[Any]], source).get
+            elif callable(source):
+                per_host = source
+            else:
+                requests = source
             single = None
         else:
             requests = None
@@ -457,7 +527,7 @@ class Agent:
             states = list(self._hosts.values())
             if len(states) == 1 and states[0].error is None and method.server_streaming:
                 return SingleHostStream(self._wiring, states[0], method, single, deadline)
-        return StreamCall(self._wiring, method, single, requests, deadline)
+        return StreamCall(self._wiring, method, single, requests, deadline, per_host)
 
     def _sync_channel(self, state: HostAgent) -> grpc.Channel:
         """A second, synchronous channel to the host's servicer, for SingleHostStream; made on first use."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -36,9 +37,54 @@ class StreamWiring:
 
 class StreamCall(Iterator[tuple[str, Outcome]]):
     """What ``Agent.call_stream()`` returns: the streams of all hosts merged into one iterator of
-    ``(host, reply)``, a failed host yielding ``(host, HostError)`` once. The pumping runs on the hub loop.
+    ``(host, reply)``, a failed host yielding ``(host, HostError)`` once. The pumping runs on the hub loop
+    (``_Merge``); this handle is what the caller holds, so dropping it (a ``break`` out of a ``for`` loop)
+    cancels the calls: the running pump references only the ``_Merge``, never the handle.
 
-    ``cancel()`` ends every host's call at once (the servicers see the call cancelled); iteration then stops.
+    ``cancel()`` (also ``close()``, leaving a ``with`` block, dropping the iterator, Ctrl-C while waiting, or the
+    deadline) ends every host's call at once: the servicers see the call cancelled, and the request readers
+    stop reading. See ``_Merge`` for the requests of client-streaming and bidirectional methods.
+    """
+
+    def __init__(
+        self,
+        wiring: StreamWiring,
+        method: Any,
+        request: Any,
+        requests: Optional[Iterable[Any]],
+        deadline: float,
+        per_host: Optional[Callable[[str], Optional[Iterable[Any]]]] = None,
+    ) -> None:
+        self._merge = _Merge(wiring, method, request, requests, deadline, per_host)
+
+    def __next__(self) -> tuple[str, Outcome]:
+        return self._merge.next()
+
+    def cancel(self) -> None:
+        """End every host's call now (idempotent)."""
+        self._merge.cancel()
+
+    close = cancel
+
+    def __enter__(self) -> StreamCall:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def __del__(self) -> None:
+        merge = getattr(self, "_merge", None)
+        if merge is not None:
+            with contextlib.suppress(Exception):
+                merge.cancel()
+
+
+class _Merge:
+    """The pump of a StreamCall, on the hub loop.
+
+    Requests of a client-streaming or bidirectional method are either one iterable broadcast to every host or,
+    with ``per_host``, a function giving each host its own iterable (None: that host gets an empty stream).
+    A request that cannot be built (a bad dict) ends the streams and is raised to the consumer as UsageError.
 
     Replies reach the consumer in batches: the loop appends to ``_items`` and notifies only a consumer that
     sleeps; the consumer takes everything queued with one lock acquisition.
@@ -49,9 +95,19 @@ class StreamCall(Iterator[tuple[str, Outcome]]):
     _DONE = object()
 
     def __init__(
-        self, wiring: StreamWiring, method: Any, request: Any, requests: Optional[Iterable[Any]], deadline: float
+        self,
+        wiring: StreamWiring,
+        method: Any,
+        request: Any,
+        requests: Optional[Iterable[Any]],
+        deadline: float,
+        per_host: Optional[Callable[[str], Optional[Iterable[Any]]]] = None,
     ) -> None:
         self.wiring = wiring
+        self._per_host = per_host
+        self._request_error: Optional[BaseException] = None
+        self._finished = False
+        self._stopped = threading.Event()  # cancelled: the request readers stop reading
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._items: collections.deque[Any] = collections.deque()  # filled on the loop, under _lock
@@ -63,6 +119,8 @@ class StreamCall(Iterator[tuple[str, Outcome]]):
         self.future = asyncio.run_coroutine_threadsafe(
             self._run(method, request, requests, deadline, states), wiring.hub.loop
         )
+        if self._stopped.is_set():  # a request reader failed before the future was set
+            wiring.hub.loop.call_soon_threadsafe(self.future.cancel)
         self.deadline = time.monotonic() + deadline + 30
 
     async def _run(
@@ -75,24 +133,38 @@ class StreamCall(Iterator[tuple[str, Outcome]]):
     ) -> None:
         loop = asyncio.get_running_loop()
         feeds: list[asyncio.Queue[Any]] = []
-        if requests is not None:
+
+        def read_requests(source: Iterable[Any], targets: list[asyncio.Queue[Any]]) -> None:
+            try:
+                for item in source:
+                    if self._stopped.is_set():  # cancelled: stop reading the caller's iterable
+                        break
+                    msg = (
+                        item
+                        if hasattr(item, "DESCRIPTOR")
+                        else build_request(self.request_cls, item, method=method.name)
+                    )
+                    for feed in targets:
+                        loop.call_soon_threadsafe(feed.put_nowait, msg)
+            except BaseException as exc:  # a caller mistake: end the streams, tell the consumer
+                self._request_error = exc
+                self.cancel()
+            finally:
+                for feed in targets:
+                    loop.call_soon_threadsafe(feed.put_nowait, self._DONE)
+
+        if self._per_host is not None:
             feeds = [asyncio.Queue() for _ in states]
-
-            def read_requests() -> None:
-                try:
-                    for item in requests:
-                        msg = (
-                            item
-                            if hasattr(item, "DESCRIPTOR")
-                            else build_request(self.request_cls, item, method=method.name)
-                        )
-                        for feed in feeds:
-                            loop.call_soon_threadsafe(feed.put_nowait, msg)
-                finally:
-                    for feed in feeds:
-                        loop.call_soon_threadsafe(feed.put_nowait, self._DONE)
-
-            threading.Thread(target=read_requests, name="sshfleet-requests", daemon=True).start()
+            for state, feed in zip(states, feeds):
+                source = self._per_host(state.host) or ()
+                threading.Thread(
+                    target=read_requests, args=(source, [feed]), name="sshfleet-requests", daemon=True
+                ).start()
+        elif requests is not None:
+            feeds = [asyncio.Queue() for _ in states]
+            threading.Thread(
+                target=read_requests, args=(requests, feeds), name="sshfleet-requests", daemon=True
+            ).start()
 
         async def feed_iter(feed: asyncio.Queue[Any]) -> Any:
             while (item := await feed.get()) is not self._DONE:
@@ -142,23 +214,34 @@ class StreamCall(Iterator[tuple[str, Outcome]]):
             self._items, self._batch = self._batch, self._items
         return True
 
-    def __next__(self) -> tuple[str, Outcome]:
+    def next(self) -> tuple[str, Outcome]:
         batch = self._batch
-        while self.pending:
-            if not batch:
-                if not self._take():
-                    self.future.cancel()
-                    raise CallTimeout("*", "stream", "DEADLINE_EXCEEDED", "the stream outlived its deadline")
-                batch = self._batch
-            item = batch.popleft()
-            if item is self._DONE:
-                self.pending -= 1
-                continue
-            return item  # type: ignore[no-any-return]
+        try:
+            while self.pending:
+                if not batch:
+                    if not self._take():
+                        self.cancel()
+                        raise CallTimeout("*", "stream", "DEADLINE_EXCEEDED", "the stream outlived its deadline")
+                    batch = self._batch
+                item = batch.popleft()
+                if item is self._DONE:
+                    self.pending -= 1
+                    continue
+                return item  # type: ignore[no-any-return]
+        except BaseException:  # Ctrl-C while waiting: the hosts' calls end with us
+            self.cancel()
+            raise
+        self._finished = True
+        if self._request_error is not None:
+            error, self._request_error = self._request_error, None
+            raise error
         raise StopIteration
 
     def cancel(self) -> None:
-        self.wiring.hub.loop.call_soon_threadsafe(self.future.cancel)
+        self._stopped.set()
+        future = getattr(self, "future", None)  # a request reader may cancel before the caller's thread set it
+        if future is not None and not future.done():
+            self.wiring.hub.loop.call_soon_threadsafe(future.cancel)
 
 
 class SingleHostStream(Iterator[tuple[str, Outcome]]):
