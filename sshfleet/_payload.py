@@ -227,10 +227,15 @@ class HostRuntime:
         return out
 
     def fetch_platform(self) -> str:
-        """The one platform tag to name in a hint: what most wheels are built for and this host runs."""
+        """The platform tag to name in a hint: this host's own C library version, which takes older wheels too."""
+        major, minor = self.libc_version
         if self.libc == "musl":
-            return f"musllinux_1_1_{self.machine}"
-        return f"manylinux2014_{self.machine}" if self.libc_version >= (2, 17) else self.platforms()[0]
+            return f"musllinux_{major}_{minor}_{self.machine}"
+        return (
+            f"manylinux2014_{self.machine}"
+            if (major, minor) == (2, 17)
+            else f"manylinux_{major}_{minor}_{self.machine}"
+        )
 
     def describe(self) -> str:
         libc = f"{self.libc} {self.libc_version[0]}.{self.libc_version[1]}" if self.libc else "unknown libc"
@@ -270,21 +275,55 @@ class Wheel:
         )
         return cls(path, dist, version, tags)
 
-    def requires(self) -> set[str]:
-        """Distributions this wheel needs at run time (Requires-Dist without extras), normalized."""
+    def _metadata(self) -> str:
         try:
             with zipfile.ZipFile(self.path) as zf:
                 name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1)
-                metadata = zf.read(name).decode("utf-8", "replace")
+                return zf.read(name).decode("utf-8", "replace")
         except (OSError, StopIteration, zipfile.BadZipFile):
-            return set()
+            return ""
+
+    def requires(self) -> set[str]:
+        """Distributions this wheel needs at run time (Requires-Dist without extras), normalized."""
         out = set()
-        for line in metadata.splitlines():
+        for line in self._metadata().splitlines():
             if line.startswith("Requires-Dist:") and "extra ==" not in line:
                 match = re.match(r"Requires-Dist:\s*([A-Za-z0-9_.\-]+)", line)
                 if match:
                     out.add(match[1].lower().replace("-", "_").replace(".", "_"))
         return out
+
+    def supports(self, python: tuple[int, int]) -> bool:
+        """Whether the wheel's Requires-Python admits ``python`` (a pure-Python wheel's tags do not say)."""
+        for line in self._metadata().splitlines():
+            if line.startswith("Requires-Python:"):
+                return python_admitted(line.partition(":")[2], python)
+        return True
+
+
+def python_admitted(specifiers: str, python: tuple[int, int]) -> bool:
+    """Whether a Requires-Python such as ">=3.7, !=3.8.*, <4" admits Python ``python``, compared on major.minor
+    (micro versions do not decide which wheels a host gets)."""
+    compare = {
+        ">=": lambda a, b: a >= b,
+        ">": lambda a, b: a > b,
+        "<=": lambda a, b: a <= b,
+        "<": lambda a, b: a < b,
+        "==": lambda a, b: a == b,
+        "!=": lambda a, b: a != b,
+        "~=": lambda a, b: a >= b,
+    }
+    for spec in specifiers.split(","):
+        match = re.fullmatch(r"\s*(>=|<=|==|!=|>|<|~=)\s*(\d+(?:\.\d+)*)(\.\*)?\s*", spec)
+        if match is None:
+            continue  # a form we do not know: let pip's own choice stand
+        want = tuple(int(x) for x in match[2].split("."))
+        if match[3]:  # "==3.8.*" / "!=3.8.*": a prefix
+            if (python[: len(want)] == want) != (match[1] == "=="):
+                return False
+        elif not compare[match[1]](python, (*want, 0)[:2]):
+            return False
+    return True
 
 
 def select_wheels(
@@ -294,7 +333,7 @@ def select_wheels(
     no newer than ``ceilings[dist]`` (the controller's own version, whose gencode is the newest we ship); then
     which required distributions are missing (grpcio, protobuf, and whatever the chosen ones require)."""
     rank = {tag: i for i, tag in enumerate(host.tags())}
-    best: dict[str, tuple[tuple[tuple[int, ...], int], Wheel]] = {}
+    candidates: dict[str, list[tuple[tuple[tuple[int, ...], int], Wheel]]] = {}
     for path in wheels:
         wheel = Wheel.parse(path)
         if wheel is None or wheel.dist not in DEPS_DISTRIBUTIONS or not _FINAL.match(wheel.version):
@@ -305,10 +344,13 @@ def select_wheels(
         fits = [rank[t] for t in wheel.tags if t in rank]
         if not fits:
             continue
-        key = (version_key(wheel.version), -min(fits))
-        if wheel.dist not in best or key > best[wheel.dist][0]:
-            best[wheel.dist] = (key, wheel)
-    chosen = {dist: wheel for dist, (_, wheel) in best.items()}
+        candidates.setdefault(wheel.dist, []).append(((version_key(wheel.version), -min(fits)), wheel))
+    chosen = {}
+    for dist, found in candidates.items():
+        found.sort(key=lambda item: item[0], reverse=True)
+        usable = next((wheel for _, wheel in found if wheel.supports(host.python)), None)
+        if usable is not None:
+            chosen[dist] = usable
     needed = set(REQUIRED_DISTRIBUTIONS)
     for dist in REQUIRED_DISTRIBUTIONS:
         if dist in chosen:

@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 
 from sshfleet import _payload
-from sshfleet._payload import DepsUnavailable, HostRuntime, runtime_for_platform, select_wheels
+from sshfleet._payload import DepsUnavailable, HostRuntime, python_admitted, runtime_for_platform, select_wheels
 
 CEILINGS = {"grpcio": "1.85.3", "protobuf": "7.36.2", "typing_extensions": "4.16.0"}
 
 
-def wheel(directory: Path, name: str, requires: tuple[str, ...] = ()) -> Path:
+def wheel(directory: Path, name: str, requires: tuple[str, ...] = (), requires_python: str = "") -> Path:
     """A minimal wheel file: its name and, in its METADATA, what it requires."""
     path = directory / name
     dist, version = name.split("-")[:2]
     lines = [f"Name: {dist}", f"Version: {version}", *(f"Requires-Dist: {r}" for r in requires)]
+    lines += [f"Requires-Python: {requires_python}"] if requires_python else []
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr(f"{dist}-{version}.dist-info/METADATA", "\n".join(lines) + "\n")
     return path
@@ -126,7 +127,7 @@ def test_an_offline_controller_names_the_command_that_fetches_a_missing_wheel(
         _payload.wheels_for(host("cp39-aarch64", "aarch64"))
     message = str(error.value)
     assert "no wheel of grpcio for Python 3.9 on aarch64 (glibc 2.31)" in message
-    assert "sshfleet wheelhouse --python 3.9 --platform manylinux2014_aarch64 -o DIR" in message
+    assert "sshfleet wheelhouse --python 3.9 --platform manylinux_2_31_aarch64 -o DIR" in message
     assert str(tmp_path) in message
 
 
@@ -137,3 +138,33 @@ def test_an_offline_controller_ships_from_its_wheelhouse_without_asking_an_index
     monkeypatch.setattr(_payload, "fetch_wheels", lambda *a, **k: pytest.fail("asked an index while offline"))
     chosen = _payload.wheels_for(host("cp38-aarch64", "aarch64"))
     assert {d: w.version for d, w in chosen.items()} == {"grpcio": "1.70.0", "protobuf": "5.29.6"}
+
+
+def test_a_pure_python_wheel_counts_only_for_the_pythons_it_admits(tmp_path: Path) -> None:
+    """protobuf publishes no musllinux wheels: a musl host gets its pure-Python wheel, but only a release whose
+    Requires-Python admits the host (the file name says py3 for all of them)."""
+    wheels = [
+        wheel(tmp_path, "grpcio-1.70.0-cp38-cp38-musllinux_1_1_x86_64.whl"),
+        wheel(tmp_path, "protobuf-6.33.6-py3-none-any.whl", requires_python=">=3.9"),
+        wheel(tmp_path, "protobuf-5.29.6-py3-none-any.whl", requires_python=">=3.8"),
+    ]
+    musl_38 = host("cp38-x86_64-musl", "x86_64", libc="musl", libc_version="1.2")
+    assert chosen_names(wheels, musl_38)[0]["protobuf"] == "protobuf-5.29.6-py3-none-any.whl"
+    musl_39 = host("cp39-x86_64-musl", "x86_64", libc="musl", libc_version="1.2")
+    assert chosen_names(wheels, musl_39)[0]["protobuf"] == "protobuf-6.33.6-py3-none-any.whl"
+
+
+@pytest.mark.parametrize(
+    ("specifiers", "python", "admitted"),
+    [
+        (">=3.9", (3, 8), False),
+        (">=3.9", (3, 9), True),
+        (">=3.7, !=3.8.*", (3, 8), False),
+        (">=3.7, !=3.8.*", (3, 9), True),
+        (">=3.6,<4", (3, 13), True),
+        ("<3.9", (3, 9), False),
+        (">=3.8.1", (3, 8), True),  # some 3.8 admits it: micro versions do not decide
+    ],
+)
+def test_requires_python(specifiers: str, python: tuple[int, int], admitted: bool) -> None:
+    assert python_admitted(specifiers, python) is admitted
