@@ -10,24 +10,27 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from sshfleet._inventory._ranges import expand_hostrange
+from sshfleet._inventory._ranges import _is_ipv6_literal, expand_hostrange
 from sshfleet._options import HostSpec, parse_host_string
 from sshfleet.errors import InventoryError
 
 ALL = "all"
 UNGROUPED = "ungrouped"
 
-# For each HostSpec field, the vars that set it, strongest first: sshfleet's own names beat Ansible's, so an
-# inventory shared with Ansible can say something different to sshfleet.
+# For each HostSpec field, the vars that set it, strongest first (after merging every level): sshfleet's own names
+# beat Ansible's, so an inventory shared with Ansible can say something different to sshfleet; among Ansible's,
+# the ssh connection plugin takes ansible_ssh_host/_user/_port over ansible_host/_user/_port wherever each was set.
 CONNECTION_VARS: dict[str, tuple[str, ...]] = {
-    "hostname": ("sshfleet_host", "ansible_host", "ansible_ssh_host"),
-    "port": ("sshfleet_port", "ansible_port", "ansible_ssh_port"),
-    "user": ("sshfleet_user", "ansible_user", "ansible_ssh_user"),
+    "hostname": ("sshfleet_host", "ansible_ssh_host", "ansible_host"),
+    "port": ("sshfleet_port", "ansible_ssh_port", "ansible_port"),
+    "user": ("sshfleet_user", "ansible_ssh_user", "ansible_user"),
     "identity_file": ("sshfleet_identity_file", "ansible_ssh_private_key_file", "ansible_private_key_file"),
     "python": ("sshfleet_python", "ansible_python_interpreter"),
 }
 # Ansible's "discover it yourself" values: sshfleet probes the host's python3 anyway.
 _AUTO_PYTHON = {"auto", "auto_silent", "auto_legacy", "auto_legacy_silent"}
+# Set in a group's inventory vars, it orders groups of the same depth (Ansible reads it there only).
+PRIORITY_VAR = "ansible_group_priority"
 _TEMPLATE_RE = re.compile(r"\{\{|\{%")
 
 
@@ -153,8 +156,9 @@ class Builder:
     def add_hosts(self, group: str, pattern: str, line: int, host_vars: dict[str, str]) -> list[str]:
         """Add the hosts ``pattern`` expands to (``[user@]name[range][:port]``) to ``group``, with their vars.
 
-        ``user@`` and ``:port`` count as host vars ``sshfleet_user`` / ``sshfleet_port``, set before the
-        inline ones, so they beat group vars the way a host line should.
+        ``:port`` is the host var ``ansible_port``, set before the inline ones (as Ansible: ``h:2222
+        ansible_port=3333`` means 3333); ``user@`` (sshfleet's own) is ``sshfleet_user``, which beats every
+        Ansible user var. A bare IPv6 address is a host name, as in Ansible.
         """
         try:
             names = expand_hostrange(pattern)
@@ -164,12 +168,12 @@ class Builder:
             raise self.error(f"empty host name {pattern!r}", line)
         added: list[str] = []
         for text in names:
-            spec = parse_host_string(text, self.path, line)
+            spec = HostSpec(text) if _is_ipv6_literal(text) else parse_host_string(text, self.path, line)
             given: dict[str, str] = {}
             if spec.user is not None:
                 given["sshfleet_user"] = spec.user
             if spec.port is not None:
-                given["sshfleet_port"] = str(spec.port)
+                given["ansible_port"] = str(spec.port)
             host = self.hosts.get(spec.name)
             if host is None:
                 host = self.hosts[spec.name] = _RawHost(spec.name, line)
@@ -189,19 +193,64 @@ class Builder:
             added.append(spec.name)
         return added
 
+    def _priority(self, name: str) -> int:
+        value = self.groups[name].vars.get(PRIORITY_VAR)
+        if value is None:
+            return 1
+        try:
+            return int(value.value.strip())
+        except ValueError as exc:
+            raise InventoryError(
+                f"group {name!r}: {PRIORITY_VAR}={value.value!r} is not an integer", value.path, value.line
+            ) from exc
+
+    def _ungrouped(self) -> list[str]:
+        """Ansible's reconciliation: a host named in ``ungrouped`` and in another group leaves ``ungrouped``;
+        a host in no group (or only in ``all``) joins it, after the ones named there."""
+
+        def alone(host: _RawHost) -> bool:
+            return all(g in (ALL, UNGROUPED) for g in host.groups)
+
+        kept = [h for h in self.groups[UNGROUPED].hosts if alone(self.hosts[h])]
+        return kept + [h.name for h in self.hosts.values() if alone(h) and h.name not in kept]
+
+    def _ordered_groups(self, name: str) -> list[str]:
+        """The group, its children, then each further level: the order Ansible lists a group's hosts in
+        (``Group.get_hosts``). Ansible walks levels below the children as sets; here they keep file order."""
+        children = self.groups[name].children
+        ordered = [name, *children]
+        seen: set[str] = set()
+        level = list(dict.fromkeys(ordered))
+        while level:
+            seen.update(level)
+            below: dict[str, None] = {}
+            for group in level:
+                for child in self.groups[group].children:
+                    below[child] = None
+                    if child not in seen:
+                        ordered.append(child)
+            level = [g for g in below if g not in seen]
+        return ordered
+
     def build(self) -> tuple[dict[str, HostSpec], dict[str, Group]]:
-        """Resolve into HostSpecs (inventory order) and Groups (``all``, ``ungrouped``, then as seen)."""
+        """Resolve into HostSpecs (inventory order) and Groups (``all``, ``ungrouped``, then as seen).
+
+        A Group's ``hosts`` are in Ansible's order: its own hosts, then its children's, level by level.
+        """
         self.check_declared()
-        order = {name: i for i, name in enumerate(self.hosts)}
-        all_group, ungrouped = self.groups[ALL], self.groups[UNGROUPED]
-        ungrouped.hosts = [h.name for h in self.hosts.values() if all(g in (ALL, UNGROUPED) for g in h.groups)]
         parents: dict[str, set[str]] = {name: set() for name in self.groups}
         for group in self.groups.values():
             for child in group.children:
                 parents[child].add(group.name)
+        all_group, ungrouped = self.groups[ALL], self.groups[UNGROUPED]
+        ungrouped.hosts = self._ungrouped()
+        # As Ansible: ungrouped is all's first child, then children named under all, then every group with no
+        # parent in the order it was made.
+        orphans = [name for name in self.groups if name not in (ALL, UNGROUPED) and not parents[name]]
+        all_group.children = list(dict.fromkeys([UNGROUPED, *all_group.children, *orphans]))
         for name in self.groups:
             if name != ALL:
-                parents[name].add(ALL)  # every group hangs under all, as in Ansible
+                parents[name].add(ALL)
         depth: dict[str, int] = {}
 
         def depth_of(name: str) -> int:
@@ -210,41 +259,35 @@ class Builder:
                 depth[name] = 1 + max((depth_of(p) for p in parents[name]), default=-1)
             return depth[name]
 
-        members: dict[str, set[str]] = {}
-
-        def members_of(name: str) -> set[str]:
-            if name not in members:
-                found = set(self.groups[name].hosts)
-                for child in self.groups[name].children:
-                    found |= members_of(child)
-                members[name] = found
-            return members[name]
-
-        all_group.hosts = list(self.hosts)
-        groups = {
-            name: Group(
+        priority = {name: self._priority(name) for name in self.groups}
+        groups: dict[str, Group] = {}
+        for name, raw in self.groups.items():
+            hosts: dict[str, None] = {}
+            for member in self._ordered_groups(name):
+                hosts.update(dict.fromkeys(self.groups[member].hosts))
+            groups[name] = Group(
                 name=name,
-                hosts=tuple(sorted(members_of(name), key=order.__getitem__)),
+                hosts=tuple(hosts),
                 children=tuple(raw.children),
-                vars={k: v.value for k, v in raw.vars.items()},
+                vars={k: v.value for k, v in raw.vars.items() if k != PRIORITY_VAR},
             )
-            for name, raw in self.groups.items()
-        }
         specs: dict[str, HostSpec] = {}
         in_ungrouped = set(ungrouped.hosts)
         for host in self.hosts.values():
             ancestors: set[str] = {ALL}
             # A host named before the first section and in a group later is not ungrouped (Ansible agrees).
             pending = [g for g in host.groups if g != UNGROUPED or host.name in in_ungrouped]
+            if host.name in in_ungrouped:
+                pending.append(UNGROUPED)
             while pending:
                 name = pending.pop()
                 if name not in ancestors:
                     ancestors.add(name)
                     pending.extend(parents[name])
-            ranked = sorted(ancestors, key=lambda g: (depth_of(g), g))
+            ranked = sorted(ancestors, key=lambda g: (depth_of(g), priority[g], g))
             merged: dict[str, VarValue] = {}
             for name in ranked:
-                merged.update(self.groups[name].vars)
+                merged.update((k, v) for k, v in self.groups[name].vars.items() if k != PRIORITY_VAR)
             for name in ranked:
                 merged.update(self.dir_group_vars.get(name, {}))
             merged.update(host.vars)

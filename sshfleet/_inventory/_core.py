@@ -86,10 +86,14 @@ class Inventory:
         for spec in hosts:
             self.hosts.setdefault(spec.name, spec)
         names = tuple(self.hosts)
-        self.groups: dict[str, Group] = dict(groups or {})
-        grouped = {h for name, g in self.groups.items() if name not in (ALL, UNGROUPED) for h in g.hosts}
-        self.groups.setdefault(ALL, Group(ALL, names))
-        self.groups.setdefault(UNGROUPED, Group(UNGROUPED, tuple(h for h in names if h not in grouped)))
+        given_groups: dict[str, Group] = dict(groups or {})
+        grouped = {h for name, g in given_groups.items() if name not in (ALL, UNGROUPED) for h in g.hosts}
+        # all and ungrouped come first, as Ansible keeps them: patterns such as '*' list their hosts first.
+        self.groups: dict[str, Group] = {
+            ALL: given_groups.pop(ALL, Group(ALL, names)),
+            UNGROUPED: given_groups.pop(UNGROUPED, Group(UNGROUPED, tuple(h for h in names if h not in grouped))),
+        }
+        self.groups.update(given_groups)
         for group in self.groups.values():
             missing = [h for h in group.hosts if h not in self.hosts]
             if missing:
@@ -153,12 +157,13 @@ class Inventory:
         return cls(ordered, None, source)
 
     def select(self, pattern: str) -> list[HostSpec]:
-        """The hosts ``pattern`` selects, in inventory order, each once.
+        """The hosts ``pattern`` selects, in the order ``ansible PATTERN --list-hosts`` prints them, each once.
 
         Ansible's patterns: a host or group name, ``all`` or ``*``, globs ``web*``, ``a:b`` or ``a,b``
-        (union), ``a:&b`` (intersection), ``a:!b`` (exclusion), ``~regex``; brackets are host ranges.
-        Raises InventoryError for a name that matches no host and no group, or a malformed pattern; a glob or
-        regex that matches nothing gives ``[]``.
+        (union), ``a:&b`` (intersection), ``a:!b`` (exclusion), ``~regex``, subscripts ``web[0]``,
+        ``web[1:]``, ``web[-1]``; brackets on a name that selects nothing are a host range (``node[01-04]``).
+        Raises InventoryError for a name that matches no host and no group, a subscript past the end, or a
+        malformed pattern; a glob or regex that matches nothing gives ``[]``.
         """
         return [self.hosts[name] for name in self._matcher.select(pattern)]
 

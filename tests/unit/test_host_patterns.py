@@ -193,8 +193,17 @@ def names(inventory: Inventory, pattern: str) -> list[str]:
         ("*", "web1 web2 web3 db1 db2 gw node01 node02 node03 ::1"),
         ("web", "web1 web2 web3"),
         ("gw", "gw"),
-        ("db:web", "web1 web2 web3 db1 db2"),  # inventory order, not pattern order
-        ("db,web", "web1 web2 web3 db1 db2"),
+        ("db:web", "db1 db2 web1 web2 web3"),  # Ansible's order: each plain term's hosts in turn
+        ("db,web", "db1 db2 web1 web2 web3"),
+        ("web[0]", "web1"),  # Ansible's subscripts on a group
+        ("web[1:]", "web2 web3"),
+        ("web[-1]", "web3"),
+        ("web[0:1]", "web1 web2"),
+        ("web[1:0]", "web2"),  # an end of 0 means "no end": the single host 1, as in Ansible
+        ("web[0-1]", "web1 web2"),
+        ("all:!web[0]", "web2 web3 db1 db2 gw node01 node02 node03 ::1"),
+        ("nodes[1:],web[0]", "node02 node03 web1"),
+        ("web db", "web1 web2 web3 db1 db2"),  # whitespace separates terms too
         ("web:web1:web", "web1 web2 web3"),
         ("web:&prod", "web1 web2"),
         ("web:!prod", "web3"),
@@ -241,7 +250,9 @@ def test_select(inventory: Inventory, pattern: str, expected: str | None) -> Non
         ("", "empty host pattern"),
         ("   ", "empty host pattern"),
         ("web:!", "nothing after it"),
-        ("~web[", "bad regular expression"),
+        ("~web[,db", "bad regular expression"),
+        ("~web[", "unclosed '['"),  # Ansible would drop the '[' and select web*
+        ("web[7]", "no hosts matched the subscripted pattern 'web[7]'"),
         ("node[3:1]", "in host pattern 'node[3:1]'"),
     ],
 )
@@ -256,10 +267,12 @@ def test_select_returns_hostspecs(inventory: Inventory) -> None:
 
 
 def test_a_host_wins_over_a_group_of_the_same_name() -> None:
-    inv = Inventory([HostSpec("a"), HostSpec("b")], {"a": Group("a", ("b",))})
-    assert names(inv, "a") == ["a"]
-    assert names(inv, "all:!a") == ["b"]
-    assert names(inv, "a*") == ["a", "b"]  # a glob matches the group and the host
+    inv = Inventory([HostSpec("g"), HostSpec("b"), HostSpec("c")], {"g": Group("g", ("b",))})
+    assert names(inv, "g") == ["g"]
+    # After & and !, the group wins, as in Ansible.
+    assert names(inv, "all:!g") == ["g", "c"]
+    assert names(inv, "all:&g") == ["b"]
+    assert names(inv, "g*") == ["b", "g"]  # a glob matches the group, then the host
 
 
 @st.composite
@@ -290,5 +303,9 @@ def test_patterns_agree_with_set_operations(case: tuple[Inventory, dict[str, set
     for op, name in terms:
         if op == "!":
             expected -= members[name]
+    # Ansible's order: the hosts of each plain term in turn (a group's in its order), each once.
+    order = [h for op, n in terms if op == "" for h in (inv.groups[n].hosts if n in inv.groups else (n,))]
+    if not plain:
+        order = list(inv.hosts)
     selected = names(inv, pattern)
-    assert selected == [h for h in inv.hosts if h in expected]  # inventory order, no duplicates
+    assert selected == [h for h in dict.fromkeys(order) if h in expected]

@@ -103,18 +103,27 @@ def test_ini_user_and_port_on_the_host_name(tmp_path: Path) -> None:
         """
         [g]
         alice@a:2200
-        b:2201 sshfleet_port=2300
+        b:2201 ansible_port=2300
         [2001:db8::1]:2202
         c
+        2001:db8::7 ansible_user=six
         [g:vars]
         sshfleet_user=group
-        sshfleet_port=22
+        ansible_port=22
+        [s]
+        d:2203
+        [s:vars]
+        sshfleet_port=2400
         """,
     )
+    # user@ is sshfleet_user, the strongest; :port is the host var ansible_port, as in Ansible.
     assert (inv.hosts["a"].user, inv.hosts["a"].port) == ("alice", 2200)  # the host line beats group vars
-    assert inv.hosts["b"].port == 2300  # inline vars come after the name's :port
+    assert inv.hosts["a"].vars["ansible_port"] == "2200"
+    assert inv.hosts["b"].port == 2300  # h:2222 ansible_port=3333 is 3333, as in Ansible
     assert inv.hosts["2001:db8::1"].port == 2202
     assert (inv.hosts["c"].user, inv.hosts["c"].port) == ("group", 22)
+    assert inv.hosts["2001:db8::7"].user == "group"  # a bare IPv6 address is a host line
+    assert inv.hosts["d"].port == 2400  # sshfleet_port wins over ansible_port wherever each was set
 
 
 def test_same_host_in_several_groups_merges_its_vars(tmp_path: Path) -> None:
@@ -214,7 +223,7 @@ def test_depth_is_the_longest_path_from_all(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("host_vars", "expected"),
     [
-        ("ansible_host=a ansible_ssh_host=b", "a"),
+        ("ansible_host=a ansible_ssh_host=b", "b"),  # the ssh plugin takes ansible_ssh_host
         ("ansible_ssh_host=b", "b"),
         ("sshfleet_host=s ansible_host=a", "s"),
         ("sshfleet_host= ansible_host=a", "a"),  # empty means unset
