@@ -1,0 +1,362 @@
+"""The state of ``sshfleet shell`` and what its commands do: targets, agents, calls, settings.
+
+One ``Fleet`` holds every host's SSH connection for the whole session; each agent the shell loads runs on a
+sub-fleet of the hosts selected when it was loaded, over those same connections. A host that fails to start
+stays listed with its error, every call shows that error for it, and ``retry`` starts the agent again on
+such hosts only (a second instance of the agent on those hosts; each host is served by one instance).
+
+Calls go to every host an agent was loaded on: ``use`` chooses the hosts for ``load`` and ``!cmd``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+from sshfleet._cli import _shell_render as render
+from sshfleet._cli._shell_agents import BUILTIN_AGENTS, agent_key, resolve_agent, service_of
+from sshfleet._cli._shell_parse import parse_fields, split_target
+from sshfleet.errors import HostError, UsageError
+from sshfleet.inventory import Inventory, fold_hosts
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from sshfleet._agent import Agent
+    from sshfleet._fleet import Fleet
+    from sshfleet._options import SshOptions
+    from sshfleet._responses import Outcome, Responses
+
+OUTPUTS = ("table", "json", "gathered")
+
+
+@dataclass
+class Settings:
+    """What ``set`` changes: the call deadline (None: the agent's, 60 s), forks, and how results print."""
+
+    timeout: Optional[float] = None
+    forks: int = 64
+    output: str = "table"
+
+
+@dataclass
+class Loaded:
+    """An agent loaded in the shell: one instance per start (the load, then each retry), which instance
+    serves each host, and each host's latest start outcome (a dict of facts, or its HostError)."""
+
+    key: str
+    agent_class: type[Agent]
+    instances: list[tuple[Fleet, Agent]] = field(default_factory=list)
+    owner: dict[str, Agent] = field(default_factory=dict)
+    started: dict[str, Outcome] = field(default_factory=dict)
+
+    def failed(self) -> dict[str, HostError]:
+        return {h: o for h, o in self.started.items() if isinstance(o, HostError)}
+
+    def ready(self) -> list[str]:
+        return [h for h, o in self.started.items() if not isinstance(o, HostError)]
+
+    def close(self) -> None:
+        for fleet, agent in self.instances:
+            with contextlib.suppress(Exception):
+                agent.close()
+            with contextlib.suppress(Exception):
+                fleet.close()
+        self.instances.clear()
+        self.owner.clear()
+
+
+class ShellSession:
+    """The shell's state and commands, without the terminal: ``run_line``'s callers own the prompt."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        inventory: Inventory,
+        console: Console,
+        *,
+        python: Optional[str] = None,
+        label: str = "all",
+        commands: Sequence[str] = (),
+    ) -> None:
+        self.fleet = fleet
+        self.inventory = inventory
+        self.console = console
+        self.python = python
+        self.settings = Settings(forks=fleet.forks)
+        self.selection: list[str] = list(fleet.hosts)
+        self.label = label
+        self.loaded: dict[str, Loaded] = {}
+        self.exec_agents: dict[tuple[str, ...], Loaded] = {}
+        self.last: Optional[Responses] = None
+        self.commands = list(commands)  # the shell's own commands, for "did you mean"
+
+    # --- targets --------------------------------------------------------------------------------------
+
+    @property
+    def options(self) -> SshOptions:
+        return self.fleet.options.replace(forks=self.settings.forks)
+
+    def select(self, pattern: str) -> list[str]:
+        """The fleet's hosts that ``pattern`` selects, in fleet order; UsageError when none."""
+        chosen = {spec.name for spec in self.inventory.select(pattern)}
+        hosts = [h for h in self.fleet.hosts if h in chosen]
+        if not hosts:
+            raise UsageError(f"{pattern!r} selects none of this shell's hosts ({fold_hosts(self.fleet.hosts)})")
+        return hosts
+
+    def use(self, text: str) -> None:
+        """``use PATTERN`` replaces the selection, ``use +PATTERN`` adds to it, ``use -PATTERN`` removes."""
+        text = text.strip()
+        if not text:
+            raise UsageError("use PATTERN (a host, group, glob, a:b, a:&b, a:!b), +PATTERN or -PATTERN")
+        if text[0] in "+-":
+            pattern = text[1:].strip()
+            if not pattern:
+                raise UsageError(f"use {text[0]}PATTERN needs a pattern")
+            hosts = set(self.select(pattern))
+            if text[0] == "+":
+                selection = [h for h in self.fleet.hosts if h in hosts or h in self.selection]
+                label = f"{self.label}:{pattern}"
+            else:
+                selection = [h for h in self.selection if h not in hosts]
+                label = f"{self.label}:!{pattern}"
+            if not selection:
+                raise UsageError(f"removing {pattern!r} would leave no host selected")
+        else:
+            selection, label = self.select(text), text
+        self.selection, self.label = selection, label
+
+    def describe_selection(self) -> str:
+        return f"{fold_hosts(self.selection)} ({len(self.selection)} of {len(self.fleet)} hosts)"
+
+    def groups(self) -> list[tuple[str, list[str]]]:
+        """(group, its hosts in this shell) for every inventory group with at least one of them."""
+        mine = set(self.fleet.hosts)
+        out = []
+        for name, group in self.inventory.groups.items():
+            hosts = [h for h in group.hosts if h in mine]
+            if hosts:
+                out.append((name, hosts))
+        return out
+
+    # --- agents ---------------------------------------------------------------------------------------
+
+    def load(self, name: str) -> Loaded:
+        """Start the agent ``name`` (a built-in's name or a .proto path) on the selected hosts."""
+        agent_class = resolve_agent(name)
+        key = agent_key(name, agent_class)
+        if key in self.loaded:
+            raise UsageError(f"{key} is already loaded on {fold_hosts(self.loaded[key].ready()) or 'no host'}")
+        loaded = Loaded(key, agent_class)
+        self._start(loaded, self.selection)
+        self.loaded[key] = loaded
+        return loaded
+
+    def unload(self, name: str) -> None:
+        loaded = self.loaded.pop(self._loaded_key(name), None)
+        if loaded is not None:
+            loaded.close()
+
+    def _loaded_key(self, name: str) -> str:
+        if name in self.loaded:
+            return name
+        for key, loaded in self.loaded.items():
+            if name in (loaded.agent_class.__name__,) or agent_key(name, loaded.agent_class) == key:
+                return key
+        known = ", ".join(self.loaded) or "none"
+        raise UsageError(f"no agent {name!r} is loaded (loaded: {known})")
+
+    def retry(self) -> list[str]:
+        """Start each loaded agent again on the hosts where it failed to start; the hosts retried."""
+        retried: list[str] = []
+        for loaded in self.loaded.values():
+            failed = [h for h in self.fleet.hosts if h in loaded.failed()]
+            if failed:
+                self._start(loaded, failed)
+                retried.extend(h for h in failed if h not in retried)
+        return retried
+
+    def _start(self, loaded: Loaded, hosts: Sequence[str]) -> None:
+        """Connect ``hosts`` (progress shown), then start the agent on those that connected."""
+        from sshfleet._fleet import Connected, Fleet
+
+        specs = [self.fleet.spec(h) for h in hosts]
+        name = loaded.key
+        outcomes: dict[str, Outcome] = {}
+        started = time.monotonic()
+        with self.console.status(f"{name}: connecting to {len(specs)} hosts", spinner="dots") as status:
+            counts = {"connected": 0, "failed": 0}
+
+            def progress(host: str, outcome: object, seconds: float) -> None:
+                counts["connected" if isinstance(outcome, Connected) else "failed"] += 1
+                status.update(f"{name}: connecting {counts['connected']}/{len(specs)} ({counts['failed']} failed)")
+
+            probe = Fleet(specs, ssh_options=self.options)
+            try:
+                for host, outcome in probe.connect(on_result=progress).items():
+                    if isinstance(outcome, HostError):
+                        outcomes[host] = outcome
+            finally:
+                probe.close()
+            ready = [spec for spec in specs if spec.name not in outcomes]
+            if ready:
+                status.update(f"{name}: {len(ready)} connected, bootstrapping")
+                sub = Fleet(ready, ssh_options=self.options)
+                try:
+                    agent = loaded.agent_class(sub, python=self.python)
+                except BaseException:
+                    sub.close()
+                    raise
+                loaded.instances.append((sub, agent))
+                for host, outcome in agent.started.items():
+                    outcomes[host] = outcome
+                    if not isinstance(outcome, HostError):
+                        loaded.owner[host] = agent
+        for host in hosts:
+            loaded.started[host] = outcomes[host]
+        self._report_start(loaded, hosts, time.monotonic() - started)
+
+    def _report_start(self, loaded: Loaded, hosts: Sequence[str], seconds: float) -> None:
+        ready = [h for h in hosts if not isinstance(loaded.started[h], HostError)]
+        if ready:
+            self.console.print(f"{loaded.key}: [green]ready[/] on {fold_hosts(ready)} ({len(ready)}) in {seconds:.1f}s")
+        by_reason: dict[str, list[str]] = {}
+        for host in hosts:
+            outcome = loaded.started[host]
+            if isinstance(outcome, HostError):
+                word = "unreachable" if outcome.kind in ("unreachable", "auth_failed", "hostkey_rejected") else "failed"
+                by_reason.setdefault(f"{word}: {render.error_text(outcome)}", []).append(host)
+        for reason, failed in by_reason.items():
+            self.console.print(f"{loaded.key}: [red]{fold_hosts(failed)}[/] {reason}", markup=True, highlight=False)
+        if by_reason:
+            self.console.print("[dim](calls show these hosts' errors; `retry` starts the agent there again)[/]")
+
+    def agents_table(self) -> list[tuple[str, str, str, str]]:
+        """(name, class, ready hosts, failed hosts) of each loaded agent."""
+        return [
+            (
+                key,
+                loaded.agent_class.__name__,
+                fold_hosts(loaded.ready()) or "-",
+                fold_hosts(list(loaded.failed())) or "-",
+            )
+            for key, loaded in self.loaded.items()
+        ]
+
+    @staticmethod
+    def loadable() -> list[str]:
+        return list(BUILTIN_AGENTS)
+
+    # --- calls ----------------------------------------------------------------------------------------
+
+    def methods(self) -> dict[str, tuple[Loaded, Any]]:
+        """``Method`` (when one loaded agent has it) and ``agent.Method`` -> (Loaded, MethodDescriptor)."""
+        out: dict[str, tuple[Loaded, Any]] = {}
+        seen: dict[str, int] = {}
+        for loaded in self.loaded.values():
+            for method in service_of(loaded.agent_class).methods:
+                out[f"{loaded.key}.{method.name}"] = (loaded, method)
+                seen[method.name] = seen.get(method.name, 0) + 1
+                out.setdefault(method.name, (loaded, method))
+        for name, count in seen.items():
+            if count > 1:
+                del out[name]
+        return out
+
+    def find_method(self, word: str) -> tuple[Loaded, Any]:
+        """The loaded agent and method ``word`` (``Method`` or ``agent.Method``) names; UsageError otherwise."""
+        import difflib
+
+        agent_name, method_name = split_target(word)
+        if agent_name is not None:
+            loaded = self.loaded[self._loaded_key(agent_name)]
+            method = service_of(loaded.agent_class).methods_by_name.get(method_name)
+            if method is None:
+                names = [m.name for m in service_of(loaded.agent_class).methods]
+                raise UsageError(f"{loaded.key} has no method {method_name!r} (methods: {', '.join(names)})")
+            return loaded, method
+        owners = [
+            loaded for loaded in self.loaded.values() if method_name in service_of(loaded.agent_class).methods_by_name
+        ]
+        if len(owners) > 1:
+            choices = " or ".join(f"{o.key}.{method_name}" for o in owners)
+            raise UsageError(f"{method_name} is a method of several loaded agents: say {choices}")
+        if owners:
+            return owners[0], service_of(owners[0].agent_class).methods_by_name[method_name]
+        known = sorted({m.name for loaded in self.loaded.values() for m in service_of(loaded.agent_class).methods})
+        close = difflib.get_close_matches(word, known + self.commands, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        if not self.loaded:
+            raise UsageError(f"unknown command {word!r}{hint} (no agent loaded yet: `load sysinfo`; `help`)")
+        raise UsageError(f"unknown command or method {word!r}{hint} (`help` lists the commands, `agents` the agents)")
+
+    def call(self, word: str, words: Sequence[str]) -> Optional[Responses]:
+        """Call ``[agent.]Method field=value ...`` on every host the agent was loaded on; prints the result."""
+        loaded, method = self.find_method(word)
+        if method.client_streaming:
+            raise UsageError(f"{method.name} takes a stream of requests: call it from `py`")
+        fields = parse_fields(method, words, agent=loaded.key)
+        if method.server_streaming:
+            self._call_stream(loaded, method.name, fields)
+            return None
+        started = time.monotonic()
+        outcomes: dict[str, Outcome] = {}
+        for _, agent in list(loaded.instances):
+            serves = [h for h, owner in loaded.owner.items() if owner is agent]
+            if not serves:
+                continue
+            replies = agent.invoke(method.name, fields, timeout=self.settings.timeout)
+            outcomes.update((h, replies[h]) for h in serves)
+        responses = self._merge(loaded, method.name, outcomes)
+        self.last = responses
+        self.show(responses, time.monotonic() - started)
+        return responses
+
+    def _merge(self, loaded: Loaded, method: str, outcomes: dict[str, Outcome]) -> Responses:
+        from sshfleet._responses import Responses
+
+        ordered = {h: outcomes.get(h, loaded.started[h]) for h in self.fleet.hosts if h in loaded.started}
+        return Responses(method, ordered)
+
+    def show(self, responses: Responses, seconds: float) -> None:
+        if self.settings.output == "json":
+            self.console.print_json(render.to_json(responses))
+        else:
+            render.print_table(self.console, responses, seconds, gathered=self.settings.output == "gathered")
+
+    def _call_stream(self, loaded: Loaded, method: str, fields: dict[str, object]) -> None:
+        """Each host's messages as they arrive, prefixed with the host; Ctrl-C cancels every host's call."""
+        width = max((len(h) for h in loaded.started), default=0)
+        last: dict[str, Outcome] = {}
+        started = time.monotonic()
+        for _, agent in list(loaded.instances):
+            serves = {h for h, owner in loaded.owner.items() if owner is agent}
+            if not serves:
+                continue
+            stream: Any = agent.invoke_stream(method, fields, timeout=self.settings.timeout)
+            try:
+                for host, reply in stream:
+                    if host in serves:
+                        last[host] = reply
+                        self.console.out(render.stream_line(host, reply, width), highlight=False)
+            finally:
+                stream.cancel()
+        for host, error in loaded.failed().items():
+            self.console.out(render.stream_line(host, error, width), highlight=False)
+        responses = self._merge(loaded, method, last)
+        self.last = responses
+        self.console.print(render.summary(responses, time.monotonic() - started), style="dim")
+
+    # --- lifetime -------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every agent (each stops its servicers), then the fleet and its connections."""
+        for loaded in [*self.loaded.values(), *self.exec_agents.values()]:
+            loaded.close()
+        self.loaded.clear()
+        self.exec_agents.clear()
+        self.fleet.close()
