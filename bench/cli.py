@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from bench import _fleet, phases, report
+from bench import _fleet, files, phases, report
 from bench._workers import WorkerError
 from bench.phases import ALL_TOOLS, Plan, Run
 from sshfleet.testbed import Testbed
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PHASES = ("cold", "warm", "stream", "scale")
+PHASES = ("cold", "warm", "stream", "files", "scale")
 BED_NAME = "bench"
 
 
@@ -193,6 +193,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for k in plan.sizes:
             _phase(run, "warm", lambda k=k: phases.warm(run, k, phases.WARM_TOOLS, plan.rounds))
         _phase(run, "stream", lambda: phases.stream(run))
+        _phase(run, "files", lambda: files.files(run))
         run.stop_workers()
         _phase(run, "scale", lambda: phases.scale(run))
     except KeyboardInterrupt:
