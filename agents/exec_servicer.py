@@ -1,6 +1,6 @@
 # Servicer of exec.ExecAgent (proto/exec.proto): started from the `sshfleet generate` template and implemented
 # by hand; `sshfleet generate` keeps it unless --force. It runs on the hosts, so it may use only the standard
-# library, grpc and protobuf, on Python >= 3.7.
+# library, grpc and protobuf, on Python >= 3.6.
 """Run commands on the hosts: argv exactly as given (a shell only when asked), stdin from /dev/null unless
 given, each command in its own process group, optionally on a pseudo-terminal.
 

@@ -1,6 +1,6 @@
 # Servicer of http_client_agent.HttpClientAgent (proto/http_client_agent.proto): started from the `sshfleet
 # generate` template and implemented by hand; `sshfleet generate` keeps it unless --force. It runs on the hosts,
-# so it may use only the standard library, grpc and protobuf, on Python >= 3.7.
+# so it may use only the standard library, grpc and protobuf, on Python >= 3.6.
 """HTTP GETs of /bytes/<size> to a list of servers at a steady rate, optionally through a SOCKS proxy."""
 
 import ast

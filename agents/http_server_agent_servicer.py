@@ -1,6 +1,6 @@
 # Servicer of http_server_agent.HttpServerAgent (proto/http_server_agent.proto): started from the `sshfleet
 # generate` template and implemented by hand; `sshfleet generate` keeps it unless --force. It runs on the hosts,
-# so it may use only the standard library, grpc and protobuf, on Python >= 3.7.
+# so it may use only the standard library, grpc and protobuf, on Python >= 3.6.
 """A threaded HTTP server on the host: GET /bytes/N answers N bytes."""
 
 import logging

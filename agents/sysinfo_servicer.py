@@ -1,6 +1,6 @@
 # Servicer of sysinfo.SysinfoAgent (proto/sysinfo.proto): started from the `sshfleet generate` template
 # and implemented by hand; `sshfleet generate` keeps it unless --force. It runs on the hosts, so it may use
-# only the standard library, grpc and protobuf, on Python >= 3.7.
+# only the standard library, grpc and protobuf, on Python >= 3.6.
 """Facts about the host (uname, Python, pid) plus sleep, failure and streaming probes."""
 
 import logging

@@ -1,6 +1,6 @@
 # Servicer of tcpdump_agent.TcpDumpAgent (proto/tcpdump_agent.proto): started from the `sshfleet generate`
 # template and implemented by hand; `sshfleet generate` keeps it unless --force. It runs on the hosts, so it may
-# use only the standard library, grpc and protobuf, on Python >= 3.7.
+# use only the standard library, grpc and protobuf, on Python >= 3.6.
 """Capture the traffic between a host and one destination with tcpdump, then archive the capture."""
 
 import collections

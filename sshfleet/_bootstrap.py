@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 # The exec'd command: a tiny loader reads the real bootstrap code from stdin, so nothing secret is in argv and
 # the command line stays short. The trailing word marks the process as sshfleet's in `ps` on the host.
-LOADER = "import sys;b=sys.stdin.buffer;exec(compile(b.read(int(b.readline())),'sshfleet-bootstrap','exec'))"
+LOADER = (
+    "import sys;b=getattr(sys.stdin,'buffer',sys.stdin);"  # Python 2 too, so that it can say it is too old
+    "exec(compile(b.read(int(b.readline())),'sshfleet-bootstrap','exec'))"
+)
 MARKER = "sshfleet-servicer"
 
 _ERROR_KINDS: dict[str, type[BootstrapError]] = {

@@ -39,11 +39,14 @@ log = logging.getLogger(__name__)
 
 RUNTIME_DIR = Path(__file__).parent / "remote"
 DEPS_DISTRIBUTIONS = ("grpcio", "protobuf", "typing_extensions")
+# What a deps bundle built from wheels may hold: six is what grpcio < 1.49 (the newest for Python 3.6) requires.
+WHEEL_DISTRIBUTIONS = (*DEPS_DISTRIBUTIONS, "six")
 REQUIRED_DISTRIBUTIONS = ("grpcio", "protobuf")
 WHEELHOUSE_ENV = "SSHFLEET_WHEELHOUSE"
 # Adapted generated modules go here in the agent bundle; runtime.py puts it first on sys.path when needed.
 COMPAT_DIR = "sshfleet_compat"
 GENCODE_FILE = "gencode.json"
+BUILDER_MODULE = "sshfleet_pb2_builder"  # remote/pb2_builder.py, for protobuf < 3.20
 _lock = threading.Lock()
 
 
@@ -127,13 +130,24 @@ _REGISTERED_METHOD = re.compile(r",\s*_registered_method=True\)")
 _ADAPTED = "# sshfleet: adapted for hosts whose {} predates this gencode: its version guard is removed.\n"
 
 
+_BUILDER_IMPORT = "from google.protobuf.internal import builder as _builder\n"
+_BUILDER_FALLBACK = (
+    "try:\n"
+    "    from google.protobuf.internal import builder as _builder\n"
+    "except ImportError:  # protobuf < 3.20 (the newest for Python 3.6): sshfleet's backport of its two functions\n"
+    f"    import {BUILDER_MODULE} as _builder\n"
+)
+
+
 def adapt_pb2(text: str) -> tuple[str, Optional[str]]:
-    """``text`` without protobuf's runtime version check, and the version the check asked for (None: none)."""
+    """``text`` without protobuf's runtime version check and with a fallback for protobuf's ``builder``, and the
+    version the check asked for (None: there is none, the module is shipped as it is)."""
     versions = [m for m in _PB2_GUARD.finditer(text) if m["major"]]
     if not versions:
         return text, None
     version = ".".join(versions[0].group("major", "minor", "patch"))
-    return _ADAPTED.format("protobuf") + _PB2_GUARD.sub("", text), version
+    adapted = _PB2_GUARD.sub("", text).replace(_BUILDER_IMPORT, _BUILDER_FALLBACK, 1)
+    return _ADAPTED.format("protobuf") + adapted, version
 
 
 def adapt_pb2_grpc(text: str) -> tuple[str, Optional[str]]:
@@ -164,6 +178,7 @@ def compat_gencode(contents: Sequence[tuple[str, bytes]]) -> list[tuple[str, byt
         out.append((f"{COMPAT_DIR}/{name}", adapted.encode("utf-8")))
     if out:
         out.append((f"{COMPAT_DIR}/{GENCODE_FILE}", json.dumps(needs, sort_keys=True).encode()))
+        out.append((f"{COMPAT_DIR}/{BUILDER_MODULE}.py", (RUNTIME_DIR / "pb2_builder.py").read_bytes()))
     return out
 
 
@@ -329,14 +344,14 @@ def python_admitted(specifiers: str, python: tuple[int, int]) -> bool:
 def select_wheels(
     wheels: Iterable[Path], host: HostRuntime, ceilings: Mapping[str, str]
 ) -> tuple[dict[str, Wheel], list[str]]:
-    """For each of DEPS_DISTRIBUTIONS, the newest final release among ``wheels`` that ``host`` runs and that is
+    """For each of WHEEL_DISTRIBUTIONS, the newest final release among ``wheels`` that ``host`` runs and that is
     no newer than ``ceilings[dist]`` (the controller's own version, whose gencode is the newest we ship); then
     which required distributions are missing (grpcio, protobuf, and whatever the chosen ones require)."""
     rank = {tag: i for i, tag in enumerate(host.tags())}
     candidates: dict[str, list[tuple[tuple[tuple[int, ...], int], Wheel]]] = {}
     for path in wheels:
         wheel = Wheel.parse(path)
-        if wheel is None or wheel.dist not in DEPS_DISTRIBUTIONS or not _FINAL.match(wheel.version):
+        if wheel is None or wheel.dist not in WHEEL_DISTRIBUTIONS or not _FINAL.match(wheel.version):
             continue
         ceiling = ceilings.get(wheel.dist)
         if ceiling is not None and version_key(wheel.version) > version_key(ceiling):
@@ -354,7 +369,7 @@ def select_wheels(
     needed = set(REQUIRED_DISTRIBUTIONS)
     for dist in REQUIRED_DISTRIBUTIONS:
         if dist in chosen:
-            needed |= chosen[dist].requires() & set(DEPS_DISTRIBUTIONS)
+            needed |= chosen[dist].requires() & set(WHEEL_DISTRIBUTIONS)
     chosen = {dist: wheel for dist, wheel in chosen.items() if dist in needed}
     return chosen, sorted(needed - set(chosen))
 

@@ -18,7 +18,7 @@ import sys
 
 # The oldest host Python, stated here and only here: comments and docs that name it must agree, and
 # tests/unit/test_remote_standalone.py runs sshfleet/remote/ standalone under it.
-MIN_PYTHON = (3, 7)
+MIN_PYTHON = (3, 6)
 COMPLETE_MARK = ".sshfleet-complete"
 
 
@@ -42,12 +42,14 @@ def musl_version():
 
     for loader in sorted(glob.glob("/lib/ld-musl-*.so.1")):
         try:
-            # Run with no arguments, musl's dynamic loader prints its version on stderr.
-            out = subprocess.run([loader], capture_output=True, timeout=5).stderr
+            # Run with no arguments, musl's dynamic loader prints its version on stderr. (No capture_output:
+            # Python 3.6 has none.)
+            proc = subprocess.run([loader], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=5)  # noqa: UP022
+            out = proc.stderr
         except (OSError, subprocess.SubprocessError):
             continue
-        match = re.search(rb"Version (\d+\.\d+)", out)
-        return match.group(1).decode() if match else "1.1"
+        match = re.search(r"Version (\d+\.\d+)", out.decode("ascii", "replace"))
+        return match.group(1) if match else "1.1"
     return ""
 
 
@@ -185,18 +187,19 @@ class LazyModules:
 
 
 def main():
-    stdin = sys.stdin.buffer
+    # Python 2's stdin is bytes already: it gets this far, so that it too is told why it cannot serve.
+    stdin = getattr(sys.stdin, "buffer", sys.stdin)
     config = json.loads(stdin.readline().decode("utf-8"))
-    facts = host_facts()
     if sys.version_info < MIN_PYTHON:
         fail(
             "no_python",
             "Python %s at %s is too old: sshfleet needs Python >= %d.%d on the host "
             "(name another interpreter with the inventory var ansible_python_interpreter)"
-            % (facts["python"], sys.executable, MIN_PYTHON[0], MIN_PYTHON[1]),
-            facts=facts,
+            % (platform.python_version(), sys.executable, MIN_PYTHON[0], MIN_PYTHON[1]),
+            facts={"python": platform.python_version(), "executable": sys.executable},
             reason="too_old",
         )
+    facts = host_facts()
     home_cache = os.path.expanduser(config.get("cache", "~/.cache/sshfleet"))
     parent = os.path.dirname(home_cache)
     if not os.path.isdir(parent):

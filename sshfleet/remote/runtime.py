@@ -1,5 +1,5 @@
 # The servicer runtime on the host, shipped in every agent bundle as the top-level module `sshfleet_runtime`.
-# Standard library + grpcio + protobuf only; never imports sshfleet. Python >= 3.7.
+# Standard library + grpcio + protobuf only; never imports sshfleet. Python >= 3.6.
 #
 # Life cycle: bootstrap.py calls serve(); we bind 127.0.0.1 on an ephemeral port, print READY, then live as long
 # as the SSH channel that started us: EOF on stdin, a "STOP" line, or no heartbeat for `liveness` seconds stops

@@ -27,7 +27,7 @@ from sshfleet.errors import RemotePythonError
 
 PYENV = Path(os.environ.get("PYENV_ROOT") or "/root/.pyenv") / "versions"
 # What each host Python gets today (the newest releases with wheels for it, no newer than the controller's).
-OLD_PYTHONS = [(3, 7), (3, 8), (3, 9)]
+OLD_PYTHONS = [(3, 6), (3, 7), (3, 8), (3, 9)]
 COLD = Timeouts(bootstrap=300)  # a first start per Python downloads its wheels
 
 
@@ -87,14 +87,16 @@ def test_a_freshly_generated_agent_runs_on_an_old_host_python(testbed, tmp_path,
     proto.write_text(
         f'syntax = "proto3";\npackage oldpy{minor};\nimport "google/protobuf/timestamp.proto";\n'
         "service OldPyAgent { rpc Ping(PingArgs) returns (Response) {} }\n"
-        "message PingArgs { string word = 1; google.protobuf.Timestamp at = 2; }\n"
+        "message PingArgs { string word = 1; google.protobuf.Timestamp at = 2; Mood mood = 3; Inner inner = 4;\n"
+        "  message Inner { enum Depth { SHALLOW = 0; DEEP = 1; } Depth depth = 1; } }\n"
+        "enum Mood { CALM = 0; CURIOUS = 1; }\n"
         "message Response { bool success = 1; string comment = 2; }\n"
     )
     agent_class = sshfleet.load_agent(str(proto))
     host = testbed.hosts[2].name
     with agent_class([host], ssh_options=testbed.ssh_options(), python=python, timeouts=COLD) as agent:
         assert agent.started.success(), agent.started.status()
-        replies = agent.Ping(word="hi")
+        replies = agent.Ping(word="hi", mood="CURIOUS", inner={"depth": "DEEP"})
         assert not replies.errors, replies.status()
         assert replies[host].comment == "Not implemented."
         assert facts(agent, host)["python"] == version_of(python).strip()

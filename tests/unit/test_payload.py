@@ -70,7 +70,21 @@ def test_agent_bundle_adds_gencode_adapted_for_older_runtimes():
     expected = original.replace(guard[0], "").replace(
         "from google.protobuf import runtime_version as _runtime_version\n", ""
     )
-    assert adapted.splitlines(keepends=True)[1:] == expected.splitlines(keepends=True)  # + one comment line
+    builder_import = "from google.protobuf.internal import builder as _builder\n"
+    assert expected.count(builder_import) == 1
+    adapted_lines = adapted.splitlines(keepends=True)
+    assert adapted_lines[0].startswith("# sshfleet: adapted for hosts whose protobuf predates this gencode")
+    at = adapted_lines.index("    " + builder_import)  # protobuf < 3.20 has no builder: the backport stands in
+    assert adapted_lines[at - 1 : at + 3] == [
+        "try:\n",
+        "    " + builder_import,
+        adapted_lines[at + 1],
+        "    import sshfleet_pb2_builder as _builder\n",
+    ]
+    assert adapted_lines[at + 1].startswith("except ImportError:")
+    assert "sshfleet_compat/sshfleet_pb2_builder.py" in contents
+    rest = [*adapted_lines[1 : at - 1], builder_import, *adapted_lines[at + 3 :]]
+    assert rest == expected.splitlines(keepends=True)  # nothing else differs
 
     original, adapted = contents["sysinfo_pb2_grpc.py"], contents["sshfleet_compat/sysinfo_pb2_grpc.py"]
     assert f"GRPC_GENERATED_VERSION = '{needs['grpcio']}'" in original
