@@ -9,9 +9,11 @@ A host that fails at any step is an outcome in every later Responses, never an e
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import difflib
 import logging
+import queue
 import secrets
 import socket
 import threading
@@ -47,6 +49,9 @@ from sshfleet.remote.runtime import TOKEN_KEY, TRACEBACK_KEY
 
 log = logging.getLogger(__name__)
 
+# How long past its deadline a fan-out may take before the hosts still silent are reported as timed out: the
+# hosts' own deadlines end their calls first; this only bounds a stuck stream or a blocked loop.
+CALL_MARGIN = 5.0
 _CHANNEL_OPTIONS = [
     # Each host has its own servicer: C-core's retry buffering is only per-call cost here.
     ("grpc.enable_retries", 0),
@@ -350,8 +355,11 @@ class Agent:
         seconds (None: ``Timeouts.call``). Returns one outcome per host by the deadline; raises UsageError
         (before anything goes on the network) for an unknown method or field, or a streaming method.
         """
-        if DEFERRED.get():  # the method body runs for .future() / .aio()
+        mode = DEFERRED.get()  # the method body runs for .future() / .aio() / .as_completed()
+        if mode == "future":
             return cast(Responses, self.invoke_future(method, fields, timeout=timeout))
+        if mode == "as_completed":
+            return cast(Responses, self.invoke_as_completed(method, fields, timeout=timeout))
         return self._call(method, fields, timeout=timeout)
 
     def invoke_future(
@@ -364,14 +372,32 @@ class Agent:
         every host's call. Caller mistakes (unknown method or field) raise here, before anything is sent.
         """
         name, method_desc, request, deadline = self._prepare(method, fields, timeout)
-        inner = asyncio.run_coroutine_threadsafe(
-            asyncio.wait_for(self._fanout(method_desc, request, deadline), deadline + 30), self._hub.loop
-        )
+        sink: dict[str, Outcome] = {}
+
+        async def bounded() -> None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._fanout(method_desc, request, deadline, sink), deadline + CALL_MARGIN)
+
+        inner = asyncio.run_coroutine_threadsafe(bounded(), self._hub.loop)
 
         def cancel() -> None:
             self._hub.loop.call_soon_threadsafe(inner.cancel)
 
-        return chain(inner, lambda outcomes: Responses(name, outcomes, error=self._exception), cancel)
+        return chain(inner, lambda _: self._settle(name, sink, deadline), cancel)
+
+    def invoke_as_completed(
+        self, method: str, fields: Mapping[str, object], *, timeout: Optional[float] = None
+    ) -> Iterator[tuple[str, Outcome]]:
+        """Call the unary RPC ``method`` on every host and yield ``(host, outcome)`` as each host answers, so a
+        script is not held by its slowest host. Every host is yielded exactly once by the deadline (plus a small
+        margin; one that has not answered then is a CallTimeout). Dropping the iterator cancels the calls left."""
+        name, method_desc, request, deadline = self._prepare(method, fields, timeout)
+        sink: dict[str, Outcome] = {}
+        arrived: queue.SimpleQueue[tuple[str, Outcome]] = queue.SimpleQueue()
+        inner = asyncio.run_coroutine_threadsafe(
+            self._fanout(method_desc, request, deadline, sink, lambda h, o: arrived.put((h, o))), self._hub.loop
+        )
+        return _AsCompleted(self, name, sink, arrived, inner, deadline)
 
     async def invoke_async(
         self, method: str, fields: Mapping[str, object], *, timeout: Optional[float] = None
@@ -417,48 +443,72 @@ class Agent:
 
     def _call(self, name: str, fields: Mapping[str, object], *, timeout: Optional[float] = None) -> Responses:
         name, method, request, deadline = self._prepare(name, fields, timeout)
-        outcomes = self._hub.run(self._fanout(method, request, deadline), timeout=deadline + 30)
-        return Responses(name, outcomes, error=self._exception)
+        sink: dict[str, Outcome] = {}
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            self._hub.run(self._fanout(method, request, deadline, sink), timeout=deadline + CALL_MARGIN)
+        return self._settle(name, sink, deadline)
 
-    async def _fanout(self, method: Any, request: Any, deadline: float) -> dict[str, Outcome]:
+    async def _fanout(
+        self,
+        method: Any,
+        request: Any,
+        deadline: float,
+        sink: dict[str, Outcome],
+        on_outcome: Optional[Callable[[str, Outcome], None]] = None,
+    ) -> None:
+        """Call ``method`` on every host; each host's outcome goes into ``sink`` (and to ``on_outcome``) as it
+        comes, so a caller that stops waiting still has every answer that arrived."""
         # The hot path of every fan-out: the request is serialized once for all hosts, and each host's call
         # is one frame each way on one of its idle call streams (sshfleet/_calls.py).
         path = self._path(method).encode()
         payload = request.SerializeToString()
         reply_cls = self._pb2_message(method.output_type)
-        states = list(self._hosts.values())
-        live = [(s, s.calls) for s in states if s.error is None and s.calls is not None]
-        results: list[Any]
-        if len(live) == 1:  # no task needed for one host
-            try:
-                results = [await live[0][1].call(path, payload, deadline)]
-            except Exception as exc:
-                results = [exc]
-        else:
-            results = await asyncio.gather(
-                *(calls.call(path, payload, deadline) for _, calls in live), return_exceptions=True
-            )
-        outcomes: dict[str, Outcome] = {}
-        if len(live) < len(states):
-            served = {id(state) for state, _ in live}
-            outcomes.update(
-                (s.host, s.error or HostError(s.host, "no servicer")) for s in states if id(s) not in served
-            )
-        for (state, _), result in zip(live, results):
-            if isinstance(result, bytes):
-                outcomes[state.host] = reply_cls.FromString(result)
-            elif isinstance(result, CallFailed):
-                outcomes[state.host] = self._call_error(
-                    state, method.name, result.code, result.details, result.remote_traceback
-                )
-            elif isinstance(result, grpc.aio.AioRpcError):
-                outcomes[state.host] = self._rpc_error(state, method.name, result)
-            elif isinstance(result, BaseException) and not isinstance(result, Exception):
-                raise result  # cancelled: the caller gave up (Ctrl-C, hub timeout)
+        live = []
+        for state in self._hosts.values():
+            if state.error is None and state.calls is not None:
+                live.append((state, state.calls))
             else:
-                log.error("%s: unexpected failure of %s: %r", state.host, method.name, result)
-                outcomes[state.host] = HostError(state.host, f"unexpected failure of {method.name}: {result!r}")
-        return outcomes if len(live) == len(states) else {s.host: outcomes[s.host] for s in states}
+                sink[state.host] = state.error or HostError(state.host, "no servicer")
+                if on_outcome is not None:
+                    on_outcome(state.host, sink[state.host])
+
+        async def one(state: HostAgent, calls: CallStreams) -> None:
+            try:
+                result: Any = await calls.call(path, payload, deadline)
+            except Exception as exc:
+                result = exc
+            outcome = self._outcome(state, method.name, reply_cls, result)
+            sink[state.host] = outcome
+            if on_outcome is not None:
+                on_outcome(state.host, outcome)
+
+        if len(live) == 1:  # no task needed for one host
+            await one(*live[0])
+        elif live:
+            await asyncio.gather(*(one(state, calls) for state, calls in live))
+
+    def _outcome(self, state: HostAgent, method: str, reply_cls: Any, result: Any) -> Outcome:
+        if isinstance(result, bytes):
+            return reply_cls.FromString(result)
+        if isinstance(result, CallFailed):
+            return self._call_error(state, method, result.code, result.details, result.remote_traceback)
+        if isinstance(result, grpc.aio.AioRpcError):
+            return self._rpc_error(state, method, result)
+        log.error("%s: unexpected failure of %s: %r", state.host, method, result)
+        return HostError(state.host, f"unexpected failure of {method}: {result!r}")
+
+    def _settle(self, name: str, sink: dict[str, Outcome], deadline: float) -> Responses:
+        """The Responses of a fan-out, in host order; a host with no outcome in ``sink`` (its call did not end
+        by the deadline plus the margin: a stuck stream or a blocked loop) is a CallTimeout, never lost."""
+        outcomes: dict[str, Outcome] = {}
+        for host in self._hosts:
+            outcome = sink.get(host)
+            if outcome is None:
+                outcome = CallTimeout(
+                    host, name, "DEADLINE_EXCEEDED", f"no answer within the {deadline:g}s deadline; call abandoned"
+                )
+            outcomes[host] = outcome
+        return Responses(name, outcomes, error=self._exception)
 
     def _rpc_error(self, state: HostAgent, method: str, exc: Union[grpc.aio.AioRpcError, grpc.Call]) -> HostError:
         tb = ""
@@ -657,3 +707,48 @@ async def _open_channel(state: HostAgent, target: str, timeout: float) -> None:
 
 _lifelines = Lifelines()
 _bundle_cache: dict[tuple[type, Optional[Path]], _payload.Bundle] = {}
+
+
+class _AsCompleted(Iterator[tuple[str, Outcome]]):
+    """What ``Agent.invoke_as_completed`` returns: each host's outcome as it arrives, every host once."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        name: str,
+        sink: dict[str, Outcome],
+        arrived: queue.SimpleQueue[tuple[str, Outcome]],
+        inner: concurrent.futures.Future[None],
+        deadline: float,
+    ) -> None:
+        self._agent = agent
+        self._name = name
+        self._sink = sink
+        self._arrived = arrived
+        self._inner = inner
+        self._deadline = deadline
+        self._until = time.monotonic() + deadline + CALL_MARGIN
+        self._left = set(agent.hosts)
+
+    def __next__(self) -> tuple[str, Outcome]:
+        if not self._left:
+            raise StopIteration
+        try:
+            host, outcome = self._arrived.get(timeout=max(0.0, self._until - time.monotonic()))
+        except queue.Empty:  # the hosts still silent past the margin: report them, lose none
+            self.close()
+            host = min(self._left, key=self._agent.hosts.index)
+            outcome = self._agent._settle(self._name, self._sink, self._deadline)[host]
+        except BaseException:  # Ctrl-C while waiting: the hosts' calls end with us
+            self.close()
+            raise
+        self._left.discard(host)
+        return host, outcome
+
+    def close(self) -> None:
+        if not self._inner.done():
+            self._agent._hub.loop.call_soon_threadsafe(self._inner.cancel)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()

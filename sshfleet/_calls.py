@@ -66,11 +66,16 @@ class CallStreams:
         stream = self._take()
         self._next_id = call_id = (self._next_id + 1) & 0xFFFFFFFF
         expired = False
+        task = asyncio.current_task()
 
         def expire() -> None:
+            # Cancelling the stream alone does not wake every wait inside grpc.aio (a write still waiting for the
+            # stream's metadata to go out stayed asleep for good): cancel our own wait too.
             nonlocal expired
             expired = True
             stream.cancel()
+            if task is not None:
+                task.cancel()
 
         timer = asyncio.get_running_loop().call_later(timeout, expire)
         try:
@@ -78,6 +83,9 @@ class CallStreams:
             frame = await stream.read()
         except asyncio.CancelledError:
             if expired:
+                uncancel = getattr(task, "uncancel", None)  # Python >= 3.11: the cancel was ours, not the caller's
+                if uncancel is not None:
+                    uncancel()
                 raise CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
             if stream.cancelled():  # its channel closed under it (close() while the call was in flight)
                 raise CallFailed(grpc.StatusCode.CANCELLED, "the channel to the servicer was closed") from None

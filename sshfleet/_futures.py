@@ -7,6 +7,7 @@ plain call (it blocks and returns ``Responses``) and also has:
   fan-out runs on the hub loop like any call; the future is resolved, and its ``add_done_callback`` callbacks
   run, on a small pool of callback threads, never on the hub's I/O thread (a slow callback must not stall every
   host's I/O). ``future.cancel()`` cancels every host's call, which cancels the servicers' work.
+* ``.as_completed(**fields, timeout=)``: an iterator of ``(host, outcome)`` in the order the hosts answer.
 * ``.aio(**fields, timeout=)``: a coroutine for the caller's own asyncio loop, as a grpc.aio stub call is awaited.
   It awaits the same fan-out without a thread per call; cancelling the awaiting task cancels the remote calls.
 
@@ -20,14 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Generic, Optional, TypeVar
 
 from sshfleet.errors import UsageError
 
 R = TypeVar("R")
-# While a method body runs for .future()/.aio(), invoke() returns a Future instead of blocking.
-DEFERRED: contextvars.ContextVar[bool] = contextvars.ContextVar("sshfleet_deferred", default=False)
+# While a method body runs for .future()/.aio() ("future") or .as_completed() ("as_completed"), invoke() returns
+# a Future, or an iterator of (host, outcome), instead of blocking.
+DEFERRED: contextvars.ContextVar[str] = contextvars.ContextVar("sshfleet_deferred", default="")
 _callbacks: Optional[ThreadPoolExecutor] = None
 
 
@@ -80,15 +83,18 @@ class BoundRpc(Generic[R]):
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         return self._func(self._agent, *args, **kwargs)
 
-    def future(self, *args: Any, **kwargs: Any) -> Future[R]:
-        """Start the call on every host and return at once: a Future of its Responses."""
-        token = DEFERRED.set(True)
+    def _started(self, mode: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        token = DEFERRED.set(mode)
         try:
-            started = self._func(self._agent, *args, **kwargs)
+            return self._func(self._agent, *args, **kwargs)
         finally:
             DEFERRED.reset(token)
+
+    def future(self, *args: Any, **kwargs: Any) -> Future[R]:
+        """Start the call on every host and return at once: a Future of its Responses."""
+        started = self._started("future", args, kwargs)
         if not isinstance(started, Future):
-            raise UsageError(f"{self.__name__} is a streaming RPC: iterate it instead of .future()")
+            raise UsageError(f"{self.__name__} does not go through Agent.invoke(): it has no .future()")
         return started
 
     async def aio(self, *args: Any, **kwargs: Any) -> R:
@@ -99,6 +105,13 @@ class BoundRpc(Generic[R]):
         except asyncio.CancelledError:
             future.cancel()
             raise
+
+    def as_completed(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        """Start the call on every host and yield ``(host, outcome)`` as each host answers (every host once)."""
+        started = self._started("as_completed", args, kwargs)
+        if isinstance(started, Future) or not hasattr(started, "__next__"):
+            raise UsageError(f"{self.__name__} does not go through Agent.invoke(): it has no .as_completed()")
+        return started  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return f"<bound RPC {type(self._agent).__name__}.{self.__name__}>"
