@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -128,9 +129,10 @@ def shell(args: argparse.Namespace) -> int:
     )
     session.settings.timeout = args.timeout
     try:
+        prompt = Shell(session, history=args.history)
         for name in args.agent:
-            Shell(session).run_line(f"load {name}")
-        Shell(session, history=args.history).loop()
+            prompt.guarded("load", partial(prompt.do_load, "", (name,)))
+        prompt.loop()
     finally:
         with console.status("closing agents"):
             session.close()
@@ -231,7 +233,7 @@ class Shell:
         """Run one line; False means leave. Errors are one line, and the shell goes on after them."""
         from sshfleet._cli._shell_parse import classify_line
 
-        try:
+        def run() -> Optional[bool]:
             parsed = classify_line(line, BUILTINS)
             if parsed.kind == "empty":
                 return None
@@ -242,10 +244,22 @@ class Shell:
                 word = ALIASES.get(parsed.word, parsed.word)
                 return self.handlers[word](parsed.rest, parsed.args)
             self.session.call(parsed.word, parsed.args)
+            return None
+
+        head = line.strip().split(" ", 1)[0]
+        return self.guarded(ALIASES.get(head, head), run)
+
+    def guarded(self, what: str, action: Callable[[], Optional[bool]]) -> Optional[bool]:
+        """``action()``, with its errors as one line and Ctrl-C as "interrupted": the shell goes on."""
+        try:
+            return action()
         except SshFleetError as exc:
             self.error(str(exc))
         except KeyboardInterrupt:
-            self.console.print("interrupted: the call was cancelled on every host", style="yellow")
+            if what in COMMANDS:
+                self.console.print(f"interrupted: {what} stopped", style="yellow")
+            else:
+                self.console.print("interrupted: the call was cancelled on every host", style="yellow")
         except Exception as exc:  # a bug must not cost the user the session and its agents
             log.debug("unexpected error", exc_info=True)
             self.error(f"internal error: {exc!r}")

@@ -140,8 +140,8 @@ def shell(testbed, tmp_path):
         "NO_COLOR": "1",
     }
 
-    def start(*extra: str) -> Terminal:
-        argv = ["-i", str(testbed.inventory), "-F", str(testbed.ssh_config), *extra]
+    def start(*extra: str, inventory: bool = True) -> Terminal:
+        argv = [*(["-i", str(testbed.inventory)] if inventory else []), "-F", str(testbed.ssh_config), *extra]
         terminal = Terminal(argv, env)
         started.append(terminal)
         terminal.prompt()
@@ -236,3 +236,53 @@ def test_bad_input_is_one_line_and_the_shell_goes_on(shell, tmp_path):
     assert re.search(r"^node01\s+failed\s+UNKNOWN: RuntimeError: boom", out, re.M)
     assert "node01 (1 of 1 hosts)" in term.line("hosts")
     assert term.exit() == 0
+
+
+def test_gathered_and_json_output_help_streaming_and_py(shell):
+    term = shell("node01:node02", "--agent", "sysinfo")
+    assert "output gathered" in term.line("=")
+    out = term.line("Sleep seconds=0.01")
+    assert re.search(r"^node\[01-02\] \(2\)\s+ok\s+comment='slept 0.01 s'", out, re.M), out
+    out = term.line("!uname -s")
+    assert "node[01-02] (2)\n" in out and "\nLinux\n" in out and "node01: Linux" not in out
+    term.line("set output json")
+    out = term.line("Uname")
+    assert '"nodename": "node02"' in out and '"status": "ok"' in out
+    term.line("set output table")
+    out = term.line("help Sleep")
+    assert "SysinfoAgent.Sleep(SleepArgs) -> Response" in out and "seconds (double): How long to sleep" in out
+    out = term.line("Count n=2 size=1")
+    lines = sorted(line.split()[0:2] for line in out.splitlines() if re.match(r"node0\d:", line))
+    assert lines == [["node01:", "index=0"], ["node01:", "index=1"], ["node02:", "index=0"], ["node02:", "index=1"]]
+    term.send("py\r")
+    term.expect(">>> ")
+    term.send("print(sorted(fleet.hosts), last.method, sysinfo.Uname()['node01'].nodename)\r")
+    term.expect(r"\['node01', 'node02'\] Count node01")
+    term.send("\x04")  # Ctrl-D: back to the shell, agents still there
+    term.prompt()
+    assert "2 hosts: 2 ok in " in term.line("Uname")
+    assert term.exit() == 0
+
+
+def test_a_host_that_fails_to_start_stays_listed_and_retry_tries_it_again(shell):
+    term = shell("-H", "node01,nosuch.invalid", "--connect-timeout", "2", "--agent", "sysinfo", inventory=False)
+    assert re.search(r"sysinfo: nosuch\.invalid unreachable: tcp: ", term.text())
+    out = term.line("Uname")
+    assert re.search(r"^node01\s+ok\s", out, re.M)
+    assert re.search(r"^nosuch\.invalid\s+unreachable\s+tcp: ", out, re.M)
+    assert re.search(r"sysinfo\s+SysinfoAgent\s+node01\s+nosuch\.invalid", term.line("agents"))
+    out = term.line("retry")
+    assert re.search(r"sysinfo: nosuch\.invalid unreachable: tcp: ", out) and "node01" not in out
+    assert term.exit() == 0
+
+
+def test_a_script_on_stdin_runs_line_by_line(testbed):
+    script = "load sysinfo\nuse node02\n!hostname\nbogus\nFail message=x\nexit\n"
+    argv = [SSHFLEET, "shell", "-i", str(testbed.inventory), "-F", str(testbed.ssh_config), "node01:node02"]
+    proc = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=DEADLINE)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "sysinfo: ready on node[01-02] (2)" in out
+    assert re.search(r"^node02:\s+node02$", out, re.M) and "node01: node01" not in out
+    assert "error: unknown command or method 'bogus'" in out
+    assert re.search(r"^node01\s+failed\s+UNKNOWN: RuntimeError: x", out, re.M)  # calls go to the agent's hosts
