@@ -1,0 +1,94 @@
+"""Reference tools for the differential suite: Ansible (one long-lived process per hash seed) and ``ssh -G``.
+
+A reference tool that is missing skips its tests on a developer's machine, and fails them where ``CI`` is set:
+CI installs both, so a differential test can never pass there by not running.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+CORPUS = HERE / "corpus"
+
+
+def require(available: bool, what: str) -> None:
+    """Skip without ``what``, except in CI, where its absence fails the test."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required in CI for the differential suite", pytrace=False)
+    pytest.skip(f"{what} is not installed: the differential test cannot run")
+
+
+class AnsibleReference:
+    """Two ansible_reference.py servers with different hash seeds. Ansible lists a group's grandchildren in set
+    order, which follows the seed: where the two answers differ, Ansible's order is not defined."""
+
+    def __init__(self, home: Path) -> None:
+        env = {**os.environ, "ANSIBLE_HOME": str(home), "ANSIBLE_LOCAL_TEMP": str(home / "tmp")}
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, str(HERE / "ansible_reference.py")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env={**env, "PYTHONHASHSEED": seed},
+            )
+            for seed in ("0", "1")
+        ]
+
+    def ask(self, request: dict) -> tuple:
+        """The answer of each server (both work at once: one per core)."""
+        line = json.dumps(request) + "\n"
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(line)
+            proc.stdin.flush()
+        answers = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            reply = proc.stdout.readline()
+            if not reply:
+                raise RuntimeError(f"ansible_reference.py exited with status {proc.wait()}")
+            answers.append(json.loads(reply))
+        return tuple(answers)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def ansible(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnsibleReference]:
+    require(importlib.util.find_spec("ansible") is not None, "ansible-core")
+    reference = AnsibleReference(tmp_path_factory.mktemp("ansible-home"))
+    yield reference
+    reference.close()
+
+
+@pytest.fixture(scope="session")
+def ssh_binary() -> str:
+    path = shutil.which("ssh")
+    require(path is not None, "the OpenSSH client (ssh)")
+    assert path is not None
+    return path

@@ -1,0 +1,168 @@
+"""Every inventory of the corpus, read by sshfleet and by ansible-core: hosts, groups, merged vars, the ssh
+plugin's connection settings and ``ansible PATTERN --list-hosts`` must agree.
+
+Where sshfleet departs on purpose (inventory/README.md, "Differences from Ansible") the test says which rule
+allows it: a name that matches nothing raises instead of selecting nothing; a file marked ``# sshfleet-only``
+uses an extension Ansible refuses.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sshfleet.errors import InventoryError
+from sshfleet.inventory import Inventory
+from tests.differential.conftest import CORPUS, AnsibleReference
+
+INVENTORIES = sorted(
+    p if p.is_file() else next(p.glob("hosts.*")) for p in (CORPUS / "inventories").iterdir() if p.name[0].isdigit()
+)
+_PATTERNS_RE = re.compile(r"^#\s*patterns:(.*)$", re.M)
+
+
+def _id(path: Path) -> str:
+    return path.name if path.parent.name == "inventories" else path.parent.name
+
+
+def patterns_for(path: Path, inventory: Inventory | None) -> list[str]:
+    """The file's own ``# patterns:`` plus, for every group and host, the usual ways of naming it."""
+    found = [p.strip() for m in _PATTERNS_RE.finditer(path.read_text()) for p in m.group(1).split(" | ")]
+    found += ["all", "*", "ungrouped", "all:!ungrouped"]
+    if inventory is not None:
+        for group in inventory.groups:
+            found += [group, f"all:!{group}", f"all:&{group}", f"{group}[0]", f"{group}[-1]", f"{group}[1:]"]
+        found += list(inventory.hosts)
+    return list(dict.fromkeys(p for p in found if p))
+
+
+def quirks(text: str) -> list[str]:
+    """Groups named by ``# ansible-quirk: GROUP ...``: where Ansible's answer is a bug sshfleet does not copy
+    (each one is listed in inventory/README.md), that group is left out of the comparison."""
+    return [g for m in re.finditer(r"^#\s*ansible-quirk:(.*)$", text, re.M) for g in m.group(1).split()]
+
+
+def same_value(ours: str, theirs: Any) -> bool:
+    """sshfleet keeps the text written; Ansible types INI values with literal_eval and YAML ones with YAML."""
+    if isinstance(theirs, str):
+        return ours == theirs
+    candidates: list[Any] = []
+    for parse in (json.loads, ast.literal_eval, yaml.safe_load):
+        try:
+            candidates.append(parse(ours))
+        except Exception:
+            continue
+    return theirs in candidates or (theirs is None and ours == "")
+
+
+def stable(answers: tuple[Any, Any], *keys: str) -> tuple[Any, bool]:
+    """Ansible's answer at ``keys``, and whether its order is defined (both hash seeds gave the same list)."""
+    first, second = answers
+    for key in keys:
+        first, second = first[key], second[key]
+    return first, first == second
+
+
+@pytest.fixture(scope="module")
+def answers(ansible: AnsibleReference) -> dict[Path, tuple[Any, Any]]:
+    found = {}
+    for path in INVENTORIES:
+        try:
+            inventory: Inventory | None = Inventory.load(path)
+        except InventoryError:
+            inventory = None
+        found[path] = ansible.ask({"op": "inventory", "path": str(path), "patterns": patterns_for(path, inventory)})
+    return found
+
+
+def test_the_corpus_is_large_enough() -> None:
+    assert len(INVENTORIES) >= 30
+
+
+@pytest.mark.parametrize("path", INVENTORIES, ids=_id)
+def test_inventory_agrees_with_ansible(path: Path, answers: dict[Path, tuple[Any, Any]]) -> None:
+    theirs = answers[path][0]
+    text = path.read_text()
+    if "# sshfleet-extension" in text:
+        # user@ on a host line: Ansible reads "admin@nas1:2200" as a host name, sshfleet as a user, host, port.
+        ours = Inventory.load(path)
+        assert set(theirs["ssh"]) == {
+            f"{s.user}@{name}" + (f":{s.port}" if s.port else "") for name, s in ours.hosts.items()
+        }
+        return
+    if "error" in theirs:
+        with pytest.raises(InventoryError, match=rf"^{re.escape(str(path))}:\d+: "):
+            Inventory.load(path)
+        return
+    ours = Inventory.load(path)
+    listed = theirs["list"]
+    hostvars = listed["_meta"]["hostvars"]
+
+    # Hosts and groups.
+    assert set(ours.hosts) == set(theirs["ssh"])
+    assert set(ours.groups) == set(theirs["group_hosts"])
+    for name, group in ours.groups.items():
+        if name in quirks(text):
+            continue
+        expected, ordered = stable(answers[path], "group_hosts", name)
+        if ordered:
+            assert list(group.hosts) == expected, f"hosts of group {name}"
+        else:
+            assert set(group.hosts) == set(expected), f"hosts of group {name}"
+        if name in listed:
+            assert list(group.children) == listed[name].get("children", []), f"children of group {name}"
+
+    # Merged variables, every one of them.
+    for name, spec in ours.hosts.items():
+        expected_vars = hostvars.get(name, {})
+        assert set(spec.vars) == set(expected_vars), f"variables of {name}"
+        for key, value in expected_vars.items():
+            assert same_value(spec.vars[key], value), f"{name}: {key}={spec.vars[key]!r}, Ansible {value!r}"
+
+    # What the ssh connection plugin would use.
+    for name, spec in ours.hosts.items():
+        plugin = theirs["ssh"][name]
+        assert (spec.hostname or name) == plugin["host"], f"address of {name}"
+        assert (None if spec.port is None else str(spec.port)) == plugin["port"], f"port of {name}"
+        assert spec.user == plugin["remote_user"], f"user of {name}"
+        assert spec.identity_file == plugin["private_key_file"], f"key of {name}"
+
+
+@pytest.mark.parametrize("path", INVENTORIES, ids=_id)
+def test_patterns_agree_with_ansible(path: Path, answers: dict[Path, tuple[Any, Any]]) -> None:
+    theirs = answers[path][0]
+    if "error" in theirs:
+        return  # covered above
+    if "# sshfleet-extension" in path.read_text():
+        return
+    ours = Inventory.load(path)
+    for pattern, expected in theirs["patterns"].items():
+        if any(name in pattern for name in quirks(path.read_text())):
+            continue
+        if isinstance(expected, dict):
+            with pytest.raises(InventoryError, match="no hosts matched the subscripted pattern"):
+                ours.select(pattern)
+            continue
+        try:
+            selected = [spec.name for spec in ours.select(pattern)]
+        except InventoryError as exc:
+            # sshfleet's deliberate difference: a term that matches nothing (a typo, a malformed range, an IPv6
+            # address split on its colons) is an error, where Ansible warns and goes on without it.
+            unknown = re.search(r"no host or group named '([^']*)'", str(exc))
+            if expected:
+                assert unknown is not None, f"{pattern!r}: sshfleet raised {exc}, Ansible selected {expected}"
+            if unknown is not None:
+                name = unknown.group(1)
+                assert name not in theirs["group_hosts"] and name not in theirs["ssh"], str(exc)
+            continue
+        _, ordered = stable(answers[path], "patterns", pattern)
+        if ordered:
+            assert selected == expected, pattern
+        else:
+            assert sorted(selected) == sorted(expected), pattern
