@@ -440,6 +440,8 @@ def put(
 def _download(job: _Job, sftp: SftpSession, source: str, dest: Path, entry: Entry) -> None:
     """``source`` on the host to ``dest`` through a temporary file (0600) in ``dest``'s directory."""
     host = job.host
+    if dest.is_dir() and not dest.is_symlink():  # checked again before the rename: it may appear meanwhile
+        raise HostError(host, f"{dest} is a directory on the controller; a file was expected there")
     with _local_errors(host, "writing", dest.parent):
         fd, part = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PART_SUFFIX, dir=dest.parent)
     try:
@@ -523,12 +525,13 @@ def _get_one(job: _Job, sftp: SftpSession, remote: str, into: Path) -> None:
         raise ChannelError(job.host, f"cannot get {remote}: give a file or a directory below /")
     root = into / name
     if found.kind == "file":
+        job.total = job.done + found.size
         _download(job, sftp, remote, root, Entry("", "file", found.size, found.mode, found.mtime))
         return
     if found.kind != "dir":
         raise ChannelError(job.host, f"{remote} is neither a file nor a directory")
     tree = remote_tree(sftp, remote, found.kind, found.size, found.mode, found.mtime)
-    job.total = sum(e.size for e in tree if e.kind == "file")
+    job.total = job.done + sum(e.size for e in tree if e.kind == "file")
     made: list[tuple[Path, int]] = []
     for entry in tree:
         job.check()
@@ -562,10 +565,6 @@ def _get_host(fleet: Fleet, spec: HostSpec, remote: str, local_dir: Path, job: _
                 raise ChannelError(spec.name, f"no match for {remote}")
         else:
             matches = [remote]
-        if len(matches) == 1 and matches[0] == remote:
-            found = sftp.stat(remote)
-            if found is not None and found.kind == "file":
-                job.total = found.size
         for path in matches:
             _get_one(job, sftp, path, into)
     return job.outcome(started)
@@ -638,6 +637,11 @@ def _remove_remote(sftp: SftpSession, path: str, kind: str) -> None:
     sftp.rmdir(path)
 
 
+def _same_file(old: Optional[Entry], new: Entry) -> bool:
+    """rsync's quick check: same size and same modification time (whole seconds, as SFTP v3 keeps them)."""
+    return old is not None and old.kind == "file" and (old.size, old.mtime) == (new.size, new.mtime)
+
+
 def _sync_host(fleet: Fleet, spec: HostSpec, local: str, tree: list[Entry], remote: str, delete: bool,
                job: _Job) -> Transfer:  # fmt: skip
     started = time.monotonic()
@@ -654,6 +658,7 @@ def _sync_host(fleet: Fleet, spec: HostSpec, local: str, tree: list[Entry], remo
         else:
             have = {e.rel: e for e in remote_tree(sftp, root_dir, "dir", 0, found.mode, found.mtime)[1:]}
         wanted = {e.rel for e in tree[1:]}
+        job.total = sum(e.size for e in tree[1:] if e.kind == "file" and not _same_file(have.get(e.rel), e))
         for entry in tree[1:]:
             job.check()
             target = posixpath.join(root_dir, entry.rel)
@@ -679,7 +684,7 @@ def _sync_host(fleet: Fleet, spec: HostSpec, local: str, tree: list[Entry], remo
                     _remote_symlink(sftp, entry.target, target)
                 else:
                     job.skipped += 1
-            elif old is not None and old.kind == "file" and (old.size, old.mtime) == (entry.size, entry.mtime):
+            elif old is not None and _same_file(old, entry):
                 job.skipped += 1
                 if old.mode != entry.mode:
                     sftp.chmod(target, entry.mode)
