@@ -326,3 +326,20 @@ def test_get_glob_and_fetch_from_session_directories(testbed, hosts, tmp_path):
         assert none[host].message == "no match for /tmp/ft/s/*.none"
     assert (tmp_path / "f" / two[0] / "b.log").read_text() == "x\n"
     assert fetched[two[1]].message == "servicer not started"
+
+
+def test_fetch_collects_what_a_servicer_wrote_into_its_session_directory(testbed, tmp_path):
+    """What ``Agent.fetch(remote, local_dir)`` would do: the servicer's own log, read from its session directory
+    before the agent closes (the directory goes with the servicer)."""
+    from agents.sysinfo import SysinfoAgent
+    from sshfleet._files import fetch
+
+    with Fleet(["node01", "node02"], ssh_options=testbed.ssh_options()) as fleet:
+        agent = SysinfoAgent(fleet)
+        sessions = {h: s.process.session_dir if s.process else s.error for h, s in agent._hosts.items()}
+        responses = fetch(fleet, sessions, "servicer.*", tmp_path)
+        agent.close()
+    assert responses.success(), responses.status()
+    for host in ("node01", "node02"):
+        assert responses[host].paths == [str(tmp_path / host / "servicer.log")]
+        assert (tmp_path / host / "servicer.log").stat().st_size > 0
