@@ -16,7 +16,7 @@ from typing import IO, Any
 from sshfleet._cli._output import STDERR, STDOUT, HostResult, LiveLines, classify, render_gather, summary_lines
 from sshfleet._cli._shell_session import Loaded, ShellSession
 
-EXEC_KEY = "exec (for !)"
+EXEC_KEY = "exec for !"
 
 
 def exec_agent(session: ShellSession) -> Loaded:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from sshfleet._cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 from sshfleet.errors import CallError, HostError
@@ -32,6 +32,7 @@ class Row:
     hosts: tuple[str, ...]
     status: str
     text: str
+    seconds: Optional[float] = None  # how long the host took to answer (the slowest, when gathered)
 
     @property
     def label(self) -> str:
@@ -128,10 +129,11 @@ def error_text(error: HostError) -> str:
     return f"{phase}: {first}" if phase and not first.startswith(f"{phase}:") else first
 
 
-def rows(responses: Responses, *, gathered: bool = False) -> list[Row]:
-    """One Row per host in host order; with ``gathered``, hosts whose rows are identical share one."""
+def rows(responses: Responses, *, gathered: bool = False, times: Optional[Mapping[str, float]] = None) -> list[Row]:
+    """One Row per host in host order; with ``gathered``, hosts whose rows are identical share one. ``times``
+    gives each host's answer time in seconds (a host that was not asked, e.g. never started, has none)."""
     out: dict[Any, list[str]] = {}
-    order: list[tuple[str, str]] = []
+    order: list[Any] = []
     for index, host in enumerate(responses):
         outcome = responses[host]
         text = error_text(outcome) if isinstance(outcome, HostError) else reply_text(outcome)
@@ -142,7 +144,12 @@ def rows(responses: Responses, *, gathered: bool = False) -> list[Row]:
             out[key] = []
             order.append(key)
         out[key].append(host)
-    return [Row(tuple(out[key]), key[0], key[1]) for key in order]
+    result = []
+    for key in order:
+        hosts = out[key]
+        known = [times[h] for h in hosts if times is not None and h in times]
+        result.append(Row(tuple(hosts), key[0], key[1], max(known) if known else None))
+    return result
 
 
 def summary(responses: Responses, seconds: float) -> str:
@@ -156,8 +163,16 @@ def summary(responses: Responses, seconds: float) -> str:
     return f"{len(responses)} {noun}: {', '.join(parts) or 'nothing'} in {seconds:.2f}s"
 
 
-def print_table(console: Console, responses: Responses, seconds: float, *, gathered: bool = False) -> None:
-    """The per-host table (host, status, reply or error) and a summary line under it."""
+def print_table(
+    console: Console,
+    responses: Responses,
+    seconds: float,
+    *,
+    gathered: bool = False,
+    times: Optional[Mapping[str, float]] = None,
+) -> None:
+    """The per-host table (host, status, reply or error, and each host's time when ``times`` is given) and a
+    summary line under it."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -166,8 +181,13 @@ def print_table(console: Console, responses: Responses, seconds: float, *, gathe
     table.add_column("host", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column(f"{responses.method} reply / error", overflow="fold")
-    for row in rows(responses, gathered=gathered):
-        table.add_row(row.label, Text(row.status, style=STATUS_STYLES[row.status]), Text(row.text))
+    if times is not None:
+        table.add_column("time", justify="right", no_wrap=True)
+    for row in rows(responses, gathered=gathered, times=times):
+        cells: list[Any] = [row.label, Text(row.status, style=STATUS_STYLES[row.status]), Text(row.text)]
+        if times is not None:
+            cells.append("-" if row.seconds is None else f"{row.seconds:.3f}s")
+        table.add_row(*cells)
     console.print(table)
     console.print(Text(summary(responses, seconds), style="dim"))
 

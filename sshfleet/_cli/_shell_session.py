@@ -188,12 +188,15 @@ class ShellSession:
         name = loaded.key
         outcomes: dict[str, Outcome] = {}
         started = time.monotonic()
-        with self.console.status(f"{name}: connecting to {len(specs)} hosts", spinner="dots") as status:
-            counts = {"connected": 0, "failed": 0}
+        with self.console.status(f"{name}: connecting to {fold_hosts(list(hosts))}", spinner="dots") as status:
+            done: dict[str, list[str]] = {"connected": [], "failed": []}
 
             def progress(host: str, outcome: object, seconds: float) -> None:
-                counts["connected" if isinstance(outcome, Connected) else "failed"] += 1
-                status.update(f"{name}: connecting {counts['connected']}/{len(specs)} ({counts['failed']} failed)")
+                done["connected" if isinstance(outcome, Connected) else "failed"].append(host)
+                waiting = [h for h in hosts if h not in done["connected"] and h not in done["failed"]]
+                parts = [f"{word} {fold_hosts(sorted(names))}" for word, names in done.items() if names]
+                parts += [f"waiting for {fold_hosts(waiting)}"] if waiting else []
+                status.update(f"{name}: " + ", ".join(parts))
 
             probe = Fleet(specs, ssh_options=self.options)
             try:
@@ -204,7 +207,7 @@ class ShellSession:
                 probe.close()
             ready = [spec for spec in specs if spec.name not in outcomes]
             if ready:
-                status.update(f"{name}: {len(ready)} connected, bootstrapping")
+                status.update(f"{name}: bootstrapping on {fold_hosts([spec.name for spec in ready])}")
                 sub = Fleet(ready, ssh_options=self.options)
                 try:
                     agent = loaded.agent_class(sub, python=self.python)
@@ -300,20 +303,26 @@ class ShellSession:
         if method.client_streaming:
             raise UsageError(f"{method.name} takes a stream of requests: call it from `py`")
         fields = parse_fields(method, words, agent=loaded.key)
+        if set(loaded.started) != set(self.selection):
+            hosts = fold_hosts([h for h in self.fleet.hosts if h in loaded.started])
+            self.console.print(f"({loaded.key} runs on {hosts}: its calls go there)", style="dim", markup=False)
         if method.server_streaming:
             self._call_stream(loaded, method.name, fields)
             return None
         started = time.monotonic()
         outcomes: dict[str, Outcome] = {}
+        times: dict[str, float] = {}
         for _, agent in list(loaded.instances):
-            serves = [h for h, owner in loaded.owner.items() if owner is agent]
+            serves = {h for h, owner in loaded.owner.items() if owner is agent}
             if not serves:
                 continue
-            replies = agent.invoke(method.name, fields, timeout=self.settings.timeout)
-            outcomes.update((h, replies[h]) for h in serves)
+            # As each host answers, so each gets its own time; Ctrl-C here cancels the calls still running.
+            for host, outcome in agent.invoke_as_completed(method.name, fields, timeout=self.settings.timeout):
+                if host in serves:
+                    outcomes[host], times[host] = outcome, time.monotonic() - started
         responses = self._merge(loaded, method.name, outcomes)
         self.last = responses
-        self.show(responses, time.monotonic() - started)
+        self.show(responses, time.monotonic() - started, times)
         return responses
 
     def _merge(self, loaded: Loaded, method: str, outcomes: dict[str, Outcome]) -> Responses:
@@ -322,11 +331,12 @@ class ShellSession:
         ordered = {h: outcomes.get(h, loaded.started[h]) for h in self.fleet.hosts if h in loaded.started}
         return Responses(method, ordered)
 
-    def show(self, responses: Responses, seconds: float) -> None:
+    def show(self, responses: Responses, seconds: float, times: Optional[dict[str, float]] = None) -> None:
         if self.settings.output == "json":
             self.console.print_json(render.to_json(responses))
         else:
-            render.print_table(self.console, responses, seconds, gathered=self.settings.output == "gathered")
+            gathered = self.settings.output == "gathered"
+            render.print_table(self.console, responses, seconds, gathered=gathered, times=times)
 
     def _call_stream(self, loaded: Loaded, method: str, fields: dict[str, object]) -> None:
         """Each host's messages as they arrive, prefixed with the host; Ctrl-C cancels every host's call."""

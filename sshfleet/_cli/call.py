@@ -98,6 +98,7 @@ def call(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sshfleet._cli import _shell_render as render
+    from sshfleet._responses import Responses
 
     agent_log = logging.getLogger("sshfleet._agent")
     quiet = args.verbose == 0 and agent_log.level == logging.NOTSET
@@ -108,10 +109,14 @@ def call(args: argparse.Namespace) -> int:
     try:
         with agent_class(specs, ssh_options=options_from_args(args), python=args.python) as agent:
             started = time.monotonic()
+            times: dict[str, float] = {}
             if method.server_streaming:
                 responses = _stream(agent, method.name, fields, args, console)
             else:
-                responses = agent.invoke(method.name, fields, timeout=args.timeout)
+                outcomes = {}
+                for host, outcome in agent.invoke_as_completed(method.name, fields, timeout=args.timeout):
+                    outcomes[host], times[host] = outcome, time.monotonic() - started
+                responses = Responses(method.name, {h: outcomes[h] for h in agent.hosts})
             elapsed = time.monotonic() - started
     finally:
         if quiet:
@@ -119,7 +124,7 @@ def call(args: argparse.Namespace) -> int:
     if args.json:
         print(render.to_json(responses))
     elif not method.server_streaming:
-        render.print_table(console, responses, elapsed)
+        render.print_table(console, responses, elapsed, times=times)
     else:
         console.print(render.summary(responses, elapsed), style="dim")
     return render.exit_status(responses)

@@ -4,6 +4,7 @@ hosts' outcomes (0 all ok, 1 a call failed, 3 a host unreachable, 2 usage), run 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -40,6 +41,7 @@ def test_table_has_one_row_per_host(testbed, capsys):
     rows = [line.split() for line in lines if line.startswith("node")]
     assert [row[:2] for row in rows] == [["node01", "ok"], ["node03", "ok"], ["node05", "ok"], ["node07", "ok"]]
     assert all("comment='slept 0.01 s'" in line for line in lines if line.startswith("node"))
+    assert all(re.search(r" \d+\.\d{3}s$", line.rstrip()) for line in lines if line.startswith("node"))  # time
     assert lines[-1].startswith("4 hosts: 4 ok in ")
 
 

@@ -204,7 +204,7 @@ def test_bang_runs_on_each_selected_host_and_bang_bang_repeats(shell):
     assert term.exit() == 0
 
 
-def test_ctrl_c_cancels_a_long_call_and_the_agent_stays_usable(shell):
+def test_ctrl_c_cancels_a_long_call_or_command_and_the_agent_stays_usable(shell):
     term = shell("node01:node02", "--agent", "sysinfo")
     term.send("Sleep seconds=300\r")
     term.expect(r"Sleep seconds=300\n")  # the line was accepted: the call is on its way
@@ -214,6 +214,12 @@ def test_ctrl_c_cancels_a_long_call_and_the_agent_stays_usable(shell):
     assert "interrupted: the call was cancelled on every host" in out
     out = term.line("Sleep seconds=0.01")
     assert "2 hosts: 2 ok in " in out
+    term.send("!echo started; exec sleep 300\r")
+    for _ in range(2):
+        term.expect(r"node0[12]:\s+started")
+    term.send("\x03")  # the first Ctrl-C goes to the remote commands as SIGINT
+    out = term.prompt()
+    assert "interrupt: sent SIGINT" in out and "node[01-02]: failed (killed by SIGINT)" in out, out
     assert term.exit() == 0
 
 

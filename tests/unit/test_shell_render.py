@@ -71,3 +71,16 @@ def test_stream_line():
     assert stream_line("n1", sysinfo_pb2.Chunk(index=2), 4) == "n1:   index=2"
     line = stream_line("node1", CallError("node1", "Count", "CANCELLED", "gone"), 5)
     assert line == "node1: ERROR CANCELLED: gone"
+
+
+def test_times_per_host_and_the_slowest_of_a_gathered_row():
+    down = ConnectError("n3", "connection refused", "tcp")
+    responses = Responses("Sleep", {"n1": ok(), "n2": ok(), "n3": down})
+    times = {"n1": 0.25, "n2": 0.5}
+    assert [r.seconds for r in rows(responses, times=times)] == [0.25, 0.5, None]
+    assert [r.seconds for r in rows(responses, gathered=True, times=times)] == [0.5, None]
+    out = io.StringIO()
+    print_table(Console(file=out, width=120, color_system=None), responses, 0.5, times=times)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split()[-1] == "time"
+    assert [line.split()[-1] for line in lines[2:5]] == ["0.250s", "0.500s", "-"]
