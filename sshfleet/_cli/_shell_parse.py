@@ -28,7 +28,8 @@ LITERAL_HELP = "values are Python literals: 3, 2.5, 'text', [1, 2], {'key': 1}, 
 
 
 def split_words(line: str) -> list[str]:
-    """``line`` cut at whitespace outside quotes and brackets; quotes are kept, so literals survive whole.
+    """``line`` cut at whitespace outside quotes and brackets; quotes are kept, so literals survive whole, and
+    a word starting with ``#`` starts a comment.
 
     ``Run argv=['ls', '-l /tmp'] env={'A': '1 2'}`` gives three words. Raises UsageError for an unterminated
     string or an unbalanced bracket.
@@ -62,6 +63,8 @@ def split_words(line: str) -> list[str]:
             if current:
                 words.append("".join(current))
                 current = []
+        elif ch == "#" and not current and not stack:
+            break  # a comment, as in sh: from a '#' that starts a word to the end of the line
         else:
             current.append(ch)
         i += 1
@@ -181,8 +184,7 @@ def classify_line(line: str, builtins: Sequence[str]) -> Line:
     words = split_words(text)
     head, args = words[0], tuple(words[1:])
     if head in builtins:
-        rest = text[len(head) :].strip()
-        return Line("builtin", word=head, args=args, rest=rest)
+        return Line("builtin", word=head, args=args, rest=" ".join(args))
     return Line("call", word=head, args=args)
 
 

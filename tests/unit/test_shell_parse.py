@@ -32,6 +32,12 @@ def test_split_words_keeps_literals_whole():
     assert split_words(line) == ["Run", "argv=['ls', '-l /tmp']", "env={'A': '1 2'}", 'cwd="/a b"']
 
 
+def test_comments_start_at_a_word_beginning_with_a_hash():
+    assert split_words("use odd   # the odd ones") == ["use", "odd"]
+    assert split_words("Fail message='# not a comment' x=a#b") == ["Fail", "message='# not a comment'", "x=a#b"]
+    assert classify_line("use +node02  # add one", ["use"]).rest == "+node02"
+
+
 def test_split_words_escapes_inside_quotes():
     assert split_words(r"x='it\'s here' y=2") == [r"x='it\'s here'", "y=2"]
 
