@@ -13,6 +13,57 @@ from sshfleet._cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, ma
 pytestmark = pytest.mark.testbed
 
 
+ECHO_PROTO = """\
+syntax = "proto3";
+package shellecho;
+// Says back what it is told.
+service ShellEcho {
+    // Answer with the text, upper-cased when asked, and the sum of the numbers.
+    rpc Say(SayArgs) returns (SayReply) {}
+}
+enum Case {
+    KEEP = 0;
+    UPPER = 1;
+}
+message SayArgs {
+    string text = 1;
+    Case case = 2;
+    repeated int32 numbers = 3;
+}
+message SayReply {
+    bool success = 1;
+    string text = 2;
+    int32 total = 3;
+}
+"""
+
+ECHO_SERVICER = """\
+try:
+    from . import shellecho_pb2 as pb
+    from . import shellecho_pb2_grpc as pb_grpc
+except ImportError:
+    import shellecho_pb2 as pb
+    import shellecho_pb2_grpc as pb_grpc
+
+
+def AddServicer(server):
+    pb_grpc.add_ShellEchoServicer_to_server(Servicer(), server)
+
+
+class Servicer(pb_grpc.ShellEchoServicer):
+    def Say(self, request, context):
+        text = request.text.upper() if request.case == pb.UPPER else request.text
+        return pb.SayReply(success=True, text=text, total=sum(request.numbers))
+"""
+
+
+def write_echo_agent(directory) -> str:
+    """An agent of the user's own: shellecho.proto with its shellecho_servicer.py beside it; the proto's path."""
+    (directory / "shellecho.proto").write_text(ECHO_PROTO)
+    (directory / "shellecho_servicer.py").write_text(ECHO_SERVICER)
+    return str(directory / "shellecho.proto")
+
+
 def call(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(["call", *argv])
     captured = capsys.readouterr()
@@ -71,6 +122,18 @@ def test_server_streaming_prints_each_message_with_its_host(testbed, capsys):
         ["node04:", "index=2"],
     ]
     assert lines[-1].startswith("1 host: 1 ok in ")
+
+
+def test_an_agent_from_a_proto_path_with_enum_and_list_values(testbed, capsys, tmp_path):
+    proto = write_echo_agent(tmp_path)
+    words = [proto, "Say", "text=hi there", "case=UPPER", "numbers=[1, 2, 39]", "--json"]
+    code, out, err = call(capsys, *bed_args(testbed, "node01:node02"), *words)
+    assert code == EXIT_OK, err
+    results = json.loads(out)
+    assert {host: entry["reply"] for host, entry in results.items()} == {
+        "node01": {"success": True, "text": "HI THERE", "total": 42},
+        "node02": {"success": True, "text": "HI THERE", "total": 42},
+    }
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.testbed.test_call_cli import write_echo_agent
+
 pytestmark = pytest.mark.testbed
 
 SSHFLEET = str(Path(sys.executable).with_name("sshfleet"))
@@ -169,7 +171,7 @@ def test_call_prints_a_row_per_host_and_exit_leaves_hosts_clean(shell, tmp_path)
     assert "Uname" in (tmp_path / "state" / "sshfleet" / "history").read_text()  # history kept, XDG place
 
 
-def test_completion_offers_methods_fields_and_hosts(shell):
+def test_completion_offers_methods_fields_enum_values_and_hosts(shell, tmp_path):
     term = shell("node01:node02", "--agent", "sysinfo")
     term.send("Un\t")  # method name
     assert "ame" in term.settle()
@@ -179,6 +181,12 @@ def test_completion_offers_methods_fields_and_hosts(shell):
     assert "onds=" in term.settle()
     out = term.line("0.01")
     assert "comment='slept 0.01 s'" in out
+    out = term.line(f"load {write_echo_agent(tmp_path)}")  # an agent of one's own, from its .proto
+    assert "shellecho: ready on node[01-02] (2)" in out
+    term.send("Say case=UP\t")  # an enum value's name
+    assert "PER" in term.settle()
+    out = term.line(" text=hi numbers=[1, 2]")
+    assert re.search(r"^node01\s+ok\s+text=HI\s+total=3\s", out, re.M), out
     term.send("use od\t")  # group name
     assert "d" in term.settle()
     assert "node01 (1 of 2 hosts)" in term.line("")  # odd: node01, node03, ...; this shell has node01:node02
