@@ -464,17 +464,22 @@ class Agent:
         payload = request.SerializeToString()
         reply_cls = self._pb2_message(method.output_type)
         live = []
+        reviving: list[tuple[HostAgent, concurrent.futures.Future[Any]]] = []
         for state in self._hosts.values():
             if state.error is None and state.calls is not None:
                 live.append((state, state.calls))
+                continue
+            revival = self._revive(state) if state.lost or state.reviving is not None else None
+            if revival is not None:
+                reviving.append((state, revival))
             else:
                 sink[state.host] = state.error or HostError(state.host, "no servicer")
                 if on_outcome is not None:
                     on_outcome(state.host, sink[state.host])
 
-        async def one(state: HostAgent, calls: CallStreams) -> None:
+        async def one(state: HostAgent, calls: CallStreams, budget: float) -> None:
             try:
-                result: Any = await calls.call(path, payload, deadline)
+                result: Any = await calls.call(path, payload, budget)
             except Exception as exc:
                 result = exc
             outcome = self._outcome(state, method.name, reply_cls, result)
@@ -482,10 +487,28 @@ class Agent:
             if on_outcome is not None:
                 on_outcome(state.host, outcome)
 
-        if len(live) == 1:  # no task needed for one host
-            await one(*live[0])
-        elif live:
-            await asyncio.gather(*(one(state, calls) for state, calls in live))
+        async def revived(state: HostAgent, revival: concurrent.futures.Future[Any]) -> None:
+            # A host that lost its servicer is restarted (in a thread) and then called, within this deadline.
+            started = time.monotonic()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(revival)), deadline)
+            left = deadline - (time.monotonic() - started)
+            if state.error is None and state.calls is not None and left > 0:
+                await one(state, state.calls, left)
+                return
+            sink[state.host] = state.error or CallTimeout(
+                state.host, method.name, "DEADLINE_EXCEEDED", "the servicer was still being restarted at the deadline"
+            )
+            if on_outcome is not None:
+                on_outcome(state.host, sink[state.host])
+
+        if len(live) == 1 and not reviving:  # no task needed for one host
+            await one(*live[0], deadline)
+        elif live or reviving:
+            await asyncio.gather(
+                *(one(state, calls, deadline) for state, calls in live),
+                *(revived(state, revival) for state, revival in reviving),
+            )
 
     def _outcome(self, state: HostAgent, method: str, reply_cls: Any, result: Any) -> Outcome:
         if isinstance(result, bytes):
@@ -589,6 +612,61 @@ class Agent:
                 state.sync_channel = grpc.insecure_channel(target, options=options)
             return state.sync_channel
 
+    # --- reconnecting ---------------------------------------------------------------------------------
+
+    def reconnect(self, hosts: Optional[Iterable[str]] = None) -> Responses:
+        """Restart the servicer on those of ``hosts`` (default: all) that are in error (lost it, or never got
+        one), reconnecting first where the connection is gone; healthy hosts are not touched. Returns each
+        restarted host's start outcome.
+
+        A host that lost its servicer is also revived by the next call on its own (see ``_revive``)."""
+        self._check_open()
+        asked = list(self._hosts) if hosts is None else ([hosts] if isinstance(hosts, str) else list(hosts))
+        unknown = [h for h in asked if h not in self._hosts]
+        if unknown:
+            raise UsageError(f"not hosts of this agent: {', '.join(unknown)}")
+        names = [h for h in asked if self._hosts[h].error is not None]
+        outcomes = self.fleet.each(self._restart_host, [self.fleet.spec(h) for h in names])
+        return Responses("reconnect", dict(zip(names, outcomes)), error=self._exception)
+
+    def _revive(self, state: HostAgent) -> Optional[concurrent.futures.Future[Any]]:
+        """The restart of a host that lost its servicer: the one in progress, a new one, or None while the
+        backoff after failed attempts (1, 2, 4 ... 30 s) runs. Called on the hub loop; the restart runs in a
+        thread, so calls to other hosts never wait for it."""
+        if state.reviving is not None:
+            return state.reviving
+        if self._closed or time.monotonic() < state.revive_after:
+            return None
+        spec = self.fleet.spec(state.host)
+        state.reviving = _revivers.submit(self._restart_host, spec)
+
+        def done(future: concurrent.futures.Future[Any]) -> None:
+            state.reviving = None
+            if state.error is None:
+                state.revive_failures = 0
+            else:
+                state.revive_failures += 1
+                state.revive_after = time.monotonic() + min(30.0, 2.0 ** (state.revive_failures - 1))
+
+        state.reviving.add_done_callback(done)
+        return state.reviving
+
+    def _restart_host(self, spec: HostSpec) -> Outcome:
+        state = self._hosts[spec.name]
+        with state.restart_lock:
+            if self._closed:
+                return HostError(spec.name, "the agent was closed")
+            hlog = host_logger(__name__, spec.name)
+            hlog.info("restarting the servicer (%s)", state.error.message if state.error else "on request")
+            self._teardown_host(state)
+            state.lost = False
+            state.methods.clear()
+            state.error = None
+            outcome = self._start_host(spec)
+            if self._closed:  # closed while starting: do not leave this servicer behind
+                self._teardown_host(state)
+            return outcome
+
     # --- lifetime ---------------------------------------------------------------------------------------
 
     def logs(self, host: str, max_bytes: int = 1 << 20) -> str:
@@ -646,6 +724,11 @@ class Agent:
                 self.fleet.close()
 
     def _stop_hosts(self) -> None:
+        for state in self._hosts.values():  # a restart in progress finishes (and tears itself down) first
+            revival = state.reviving
+            if revival is not None:
+                with contextlib.suppress(Exception):
+                    revival.result(timeout=self.timeouts.close + self.timeouts.connect)
         deadline = time.monotonic() + self.timeouts.close
         states = list(self._hosts.values())
         for state in states:
@@ -706,6 +789,7 @@ async def _open_channel(state: HostAgent, target: str, timeout: float) -> None:
 
 
 _lifelines = Lifelines()
+_revivers = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="sshfleet-revive")
 _bundle_cache: dict[tuple[type, Optional[Path]], _payload.Bundle] = {}
 
 

@@ -51,7 +51,10 @@ def host_logger(name: str, host: str) -> HostLogger:
 
 
 class Member(Protocol):
-    """What the fleet asks of an agent on it (the API layer's ``Agent``): that it can be closed."""
+    """What the fleet asks of an agent on it (the API layer's ``Agent``): that it can restart its servicers on
+    some hosts, and be closed."""
+
+    def reconnect(self, hosts: Optional[Iterable[str]] = None) -> Any: ...
 
     def close(self) -> None: ...
 
@@ -348,7 +351,10 @@ class Fleet:
         return session.connection()
 
     def connect(
-        self, *, on_result: Optional[Callable[[str, Union[Connected, HostError], float], None]] = None
+        self,
+        *,
+        on_result: Optional[Callable[[str, Union[Connected, HostError], float], None]] = None,
+        specs: Optional[Sequence[HostSpec]] = None,
     ) -> dict[str, Union[Connected, HostError]]:
         """Connect every host not connected yet, at most ``forks`` at once; one outcome per host, in host order.
 
@@ -372,7 +378,25 @@ class Fleet:
                 on_result(spec.name, outcome, time.monotonic() - started)
             return outcome
 
-        return dict(zip(self.hosts, self.each(one, self.specs)))
+        todo = list(self.specs if specs is None else specs)
+        return dict(zip((spec.name for spec in todo), self.each(one, todo)))
+
+    def reconnect(self, hosts: Optional[Iterable[str]] = None) -> dict[str, Union[Connected, HostError]]:
+        """Reconnect ``hosts`` (default: all) whose connection is lost, then restart the servicers of every agent on
+        this fleet that lost them there; connections that are up and the other hosts are not touched.
+        Returns each host's connect outcome, as ``connect()``."""
+        self._check_open()
+        names = self.hosts if hosts is None else ([hosts] if isinstance(hosts, str) else list(hosts))
+        specs = [self.spec(name) for name in names]
+        for spec in specs:
+            session = self._sessions.get(spec.name)
+            conn = session.current() if session is not None else None
+            if session is not None and conn is not None and not conn.is_active():
+                session.close()
+        outcomes = self.connect(specs=specs)
+        for agent in self.agents:
+            agent.reconnect([name for name in names if isinstance(outcomes[name], Connected)])
+        return outcomes
 
     def each(self, fn: Callable[[HostSpec], T], specs: Optional[Sequence[HostSpec]] = None) -> list[T]:
         """``fn(spec)`` for every host (or ``specs``), at most ``forks`` at once; results in the same order.

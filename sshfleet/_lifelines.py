@@ -7,9 +7,11 @@ sends a heartbeat every few seconds, and notices its EOF: from then on, that hos
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -39,6 +41,12 @@ class HostAgent:
     metadata: tuple[tuple[str, str], ...] = ()
     error: Optional[HostError] = None
     methods: dict[str, Any] = field(default_factory=dict)
+    # The servicer was up and its lifeline broke (servicer gone or connection lost): the next call revives it.
+    lost: bool = False
+    reviving: Optional[concurrent.futures.Future[Any]] = None
+    revive_after: float = 0.0  # monotonic time before which no new revive is tried (backoff after failures)
+    revive_failures: int = 0
+    restart_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Lifelines:
@@ -101,6 +109,7 @@ class Lifelines:
                     "the servicer's SSH channel closed (servicer exited or connection lost)"
                     + (f": {tail}" if tail else ""),
                 )
+                state.lost = True
                 log.warning("[host=%s] %s", state.host, state.error.message)
 
     async def _beat(self) -> None:
