@@ -423,13 +423,15 @@ def fetch_wheels(host: HostRuntime, dest: Path, ceilings: Mapping[str, str], *, 
         raise DepsUnavailable(f"no wheels of {', '.join(wanted)} for {host.describe()}: {errors[-1]}")
 
 
-def _controller_versions() -> dict[str, str]:
+def controller_versions() -> dict[str, str]:
+    """The controller's own grpcio/protobuf/typing_extensions versions: the newest any host is given, since the
+    agents' gencode comes from them."""
     return dict(_dist_versions())
 
 
 def wheels_for(host: HostRuntime) -> dict[str, Wheel]:
     """The wheels to ship to ``host``, fetching them first unless the controller is offline (see module doc)."""
-    ceilings = _controller_versions()
+    ceilings = controller_versions()
     offline = offline_wheelhouses()
     if offline:
         found = [w for d in offline if d.is_dir() for w in d.rglob("*.whl")]

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         offline = _payload.offline_wheelhouses()
         dest = offline[0] if offline else _payload.controller_cache() / "wheelhouse"
     platforms = args.platform or [f"manylinux2014_{platform.machine()}"]
-    ceilings = dict(_payload._dist_versions())
+    ceilings = _payload.controller_versions()
     status = EXIT_OK
     for python in args.python:
         for tag in platforms:
