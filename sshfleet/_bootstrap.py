@@ -184,7 +184,7 @@ def start_servicer(
         except _Unusable as none:
             raise RemotePythonError(
                 conn.host,
-                f"no usable Python: {unusable.error.message}; and none of {', '.join(DISCOVERY_CANDIDATES)} is "
+                f"{unusable.error.message}; and none of {', '.join(DISCOVERY_CANDIDATES)} is "
                 f"Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} (name an interpreter with the inventory var "
                 "ansible_python_interpreter or python=)",
                 log_tail=none.error.log_tail,
