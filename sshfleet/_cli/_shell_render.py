@@ -184,7 +184,7 @@ def print_table(
     if times is not None:
         table.add_column("time", justify="right", no_wrap=True)
     for row in rows(responses, gathered=gathered, times=times):
-        cells: list[Any] = [row.label, Text(row.status, style=STATUS_STYLES[row.status]), Text(row.text)]
+        cells: list[Any] = [Text(row.label), Text(row.status, style=STATUS_STYLES[row.status]), Text(row.text)]
         if times is not None:
             cells.append("-" if row.seconds is None else f"{row.seconds:.3f}s")
         table.add_row(*cells)

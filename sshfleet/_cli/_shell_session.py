@@ -188,7 +188,10 @@ class ShellSession:
         name = loaded.key
         outcomes: dict[str, Outcome] = {}
         started = time.monotonic()
-        with self.console.status(f"{name}: connecting to {fold_hosts(list(hosts))}", spinner="dots") as status:
+        from rich.markup import escape  # a status line is markup: host names must stay text
+
+        connecting = escape(f"{name}: connecting to {fold_hosts(list(hosts))}")
+        with self.console.status(connecting, spinner="dots") as status:
             done: dict[str, list[str]] = {"connected": [], "failed": []}
 
             def progress(host: str, outcome: object, seconds: float) -> None:
@@ -196,7 +199,7 @@ class ShellSession:
                 waiting = [h for h in hosts if h not in done["connected"] and h not in done["failed"]]
                 parts = [f"{word} {fold_hosts(sorted(names))}" for word, names in done.items() if names]
                 parts += [f"waiting for {fold_hosts(waiting)}"] if waiting else []
-                status.update(f"{name}: " + ", ".join(parts))
+                status.update(escape(f"{name}: " + ", ".join(parts)))
 
             probe = Fleet(specs, ssh_options=self.options)
             try:
@@ -207,7 +210,7 @@ class ShellSession:
                 probe.close()
             ready = [spec for spec in specs if spec.name not in outcomes]
             if ready:
-                status.update(f"{name}: bootstrapping on {fold_hosts([spec.name for spec in ready])}")
+                status.update(escape(f"{name}: bootstrapping on {fold_hosts([spec.name for spec in ready])}"))
                 sub = Fleet(ready, ssh_options=self.options)
                 try:
                     agent = loaded.agent_class(sub, python=self.python)
@@ -224,19 +227,24 @@ class ShellSession:
         self._report_start(loaded, hosts, time.monotonic() - started)
 
     def _report_start(self, loaded: Loaded, hosts: Sequence[str], seconds: float) -> None:
+        """``sysinfo: ready on node[01-07] (7) in 1.2s``, then one line per distinct failure reason."""
+        from rich.text import Text
+
         ready = [h for h in hosts if not isinstance(loaded.started[h], HostError)]
         if ready:
-            self.console.print(f"{loaded.key}: [green]ready[/] on {fold_hosts(ready)} ({len(ready)}) in {seconds:.1f}s")
+            line = Text(f"{loaded.key}: ")
+            line.append("ready", style="green").append(f" on {fold_hosts(ready)} ({len(ready)}) in {seconds:.1f}s")
+            self.console.print(line)
         by_reason: dict[str, list[str]] = {}
         for host in hosts:
             outcome = loaded.started[host]
             if isinstance(outcome, HostError):
                 word = "unreachable" if outcome.kind in ("unreachable", "auth_failed", "hostkey_rejected") else "failed"
                 by_reason.setdefault(f"{word}: {render.error_text(outcome)}", []).append(host)
-        for reason, failed in by_reason.items():
-            self.console.print(f"{loaded.key}: [red]{fold_hosts(failed)}[/] {reason}", markup=True, highlight=False)
+        for reason, failed in by_reason.items():  # Text, not markup: errors hold brackets ("[Errno 111]")
+            self.console.print(Text(f"{loaded.key}: ").append(fold_hosts(failed), style="red").append(f" {reason}"))
         if by_reason:
-            self.console.print("[dim](calls show these hosts' errors; `retry` starts the agent there again)[/]")
+            self.console.print(Text("(calls show these hosts' errors; `retry` starts the agent there again)", "dim"))
 
     def agents_table(self) -> list[tuple[str, str, str, str]]:
         """(name, class, ready hosts, failed hosts) of each loaded agent."""

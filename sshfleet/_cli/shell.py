@@ -298,6 +298,7 @@ class Shell:
     def do_agents(self, rest: str, args: tuple[str, ...]) -> None:
         from rich import box
         from rich.table import Table
+        from rich.text import Text
 
         rows = self.session.agents_table()
         if rows:
@@ -305,7 +306,7 @@ class Shell:
             for column in ("agent", "class", "ready on", "failed on"):
                 table.add_column(column)
             for row in rows:
-                table.add_row(*row)
+                table.add_row(*(Text(cell) for cell in row))  # Text: host names and paths are not markup
             self.console.print(table)
         else:
             self.console.print("no agent loaded")

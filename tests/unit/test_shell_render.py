@@ -84,3 +84,10 @@ def test_times_per_host_and_the_slowest_of_a_gathered_row():
     lines = out.getvalue().splitlines()
     assert lines[0].split()[-1] == "time"
     assert [line.split()[-1] for line in lines[2:5]] == ["0.250s", "0.500s", "-"]
+
+
+def test_brackets_in_errors_and_host_names_are_printed_as_they_are():
+    down = ConnectError("web[a]", "[Errno 111] Connection refused", "tcp")
+    out = io.StringIO()
+    print_table(Console(file=out, width=120, color_system=None), Responses("Sleep", {"web[a]": down}), 0.1)
+    assert "web[a]" in out.getvalue() and "tcp: [Errno 111] Connection refused" in out.getvalue()
