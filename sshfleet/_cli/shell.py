@@ -40,7 +40,8 @@ COMMANDS: dict[str, str] = {
     "agents": "the loaded agents with their hosts and state, and the built-in agents one can load",
     "unload": "unload NAME: stop an agent on its hosts",
     "retry": "start the loaded agents again on the hosts where they failed to start",
-    "set": "set timeout SECONDS|default | forks N | output table|json|gathered (set alone shows them)",
+    "set": "set timeout SECONDS|default (calls and !cmd) | forks N (hosts started at once by later loads) | "
+    "output table|json|gathered; set alone shows them",
     "=": "toggle gathered output: identical results grouped under folded host names",
     "py": "a Python prompt with fleet, agents, last (the last Responses); Ctrl-D comes back",
     "help": "help [COMMAND | Method]: this list, or a method's documentation and fields",
