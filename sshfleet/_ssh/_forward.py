@@ -19,12 +19,23 @@ from typing import Any
 
 from sshfleet._hub import Hub
 from sshfleet._ssh._seam import Channel, Connection
+from sshfleet._ssh._stale import sweep_dead_owners
 
 log = logging.getLogger("sshfleet.ssh")
 _CHUNK = 256 * 1024
 _CHAN_READ = 4 * 1024 * 1024  # at most the channel's window: take all it holds in one read
 _READS_PER_WAKE = 4
 _SOCK_BUF = 4 * 1024 * 1024
+FORWARD_PREFIX = "sshfleet-fwd-"
+_swept = False
+
+
+def _sweep_once() -> None:
+    """Remove the forward directories of controllers that died without closing (once per process)."""
+    global _swept
+    if not _swept:
+        _swept = True
+        sweep_dead_owners(tempfile.gettempdir(), FORWARD_PREFIX)
 
 
 class _Splice:
@@ -170,7 +181,9 @@ class Tunnel:
         self.conn = conn
         self.port = port
         self.open_timeout = open_timeout
-        self.dir = tempfile.mkdtemp(prefix="sshfleet-")  # mkdtemp makes it 0700
+        _sweep_once()
+        # 0700 (mkdtemp); the pid in the name lets a later controller sweep it if this one is SIGKILLed
+        self.dir = tempfile.mkdtemp(prefix=f"{FORWARD_PREFIX}{os.getpid()}-")
         self.path = os.path.join(self.dir, "grpc.sock")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.path)

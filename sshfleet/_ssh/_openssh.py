@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import glob
 import itertools
 import logging
 import os
@@ -29,7 +28,6 @@ import queue
 import select
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -53,6 +51,7 @@ from sshfleet._ssh._openssh_args import (
 from sshfleet._ssh._pipe_channel import PipeChannel, _reap
 from sshfleet._ssh._pool import JumpPool
 from sshfleet._ssh._sftp import SftpClient
+from sshfleet._ssh._stale import sweep_dead_owners
 from sshfleet.errors import ChannelError, ConnectError, UsageError
 
 # PipeChannel is re-exported: sshfleet._ssh imports it from here.
@@ -366,28 +365,9 @@ def _socket_dir() -> str:
 
 
 def sweep_stale(base: str) -> list[str]:
-    """Remove directories left by controllers that died without close() (SIGKILL); returns what went.
-
-    Their masters died with them (parent-death signal) and removed their control sockets; a directory counts
-    as stale only when it is ours (uid), has no control socket, and the pid in its name is gone.
-    """
-    removed = []
-    for path in glob.glob(os.path.join(glob.escape(base), f"{_PREFIX}*-*")):
-        pid = os.path.basename(path)[len(_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or os.path.exists(os.path.join(path, "ctl")):
-            continue
-        try:
-            info = os.lstat(path)
-            if info.st_uid != os.getuid() or not stat.S_ISDIR(info.st_mode):
-                continue
-            os.kill(int(pid), 0)
-            continue  # its owner still runs
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-        except OSError:
-            continue
-    return removed
+    """Remove master directories left by controllers that died without close() (SIGKILL); returns what went.
+    Their masters died with them (parent-death signal) and removed their control sockets."""
+    return sweep_dead_owners(base, _PREFIX, busy_marker="ctl")
 
 
 @atexit.register
