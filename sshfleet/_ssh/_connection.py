@@ -9,6 +9,7 @@ noticed through keepalives plus ``TCP_USER_TIMEOUT`` (keepalive * ServerAliveCou
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -25,7 +26,7 @@ from sshfleet._ssh._auth import authenticate
 from sshfleet._ssh._config import ResolvedHost, resolve
 from sshfleet._ssh._errors import describe as _describe
 from sshfleet._ssh._errors import paramiko_errors
-from sshfleet._ssh._forward import Tunnel
+from sshfleet._ssh._forward import ReverseTunnel, Tunnel
 from sshfleet._ssh._pool import JumpPool
 from sshfleet._ssh._seam import Channel
 from sshfleet._ssh._sftp import SftpClient
@@ -89,6 +90,7 @@ class SshConnection:
         self._lock = threading.Lock()
         self._log = _host_log(resolved.name)
         self._tunnels: set[Tunnel] = set()
+        self._reverse: dict[int, ReverseTunnel] = {}  # by the port the host allocated
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -168,6 +170,38 @@ class SshConnection:
             self._tunnels.add(tunnel)
         return tunnel
 
+    def forward_remote(self, socket_path: str, *, timeout: float) -> ReverseTunnel:
+        """``ssh -R 127.0.0.1:0:socket_path``: a port on the host forwarded to a local Unix socket.
+
+        Raises ChannelError when the server refuses (AllowTcpForwarding no) or the connection is gone. The
+        request is answered at once by a live server; on a dead link it ends with the keepalive."""
+        if not self.is_active():
+            raise ChannelError(self.host, "cannot forward: the SSH connection is closed")
+        with paramiko_errors(self.host, "remote forward"):
+            port = self._transport.request_port_forward("127.0.0.1", 0, handler=self._forwarded)
+        if not port:
+            raise ChannelError(self.host, "remote forward refused by the server (is AllowTcpForwarding off?)")
+        tunnel = ReverseTunnel(self, port, socket_path)
+        with self._lock:
+            self._reverse[port] = tunnel
+        return tunnel
+
+    def _forwarded(self, channel: paramiko.Channel, origin: Any, server: tuple[str, int]) -> None:
+        with self._lock:
+            tunnel = self._reverse.get(server[1])
+        if tunnel is None:
+            channel.close()
+        else:
+            tunnel.accept(channel)
+
+    def cancel_remote(self, port: int) -> None:
+        """Stop the remote forward of ``port`` (from forward_remote); never raises."""
+        with self._lock:
+            tunnel = self._reverse.pop(port, None)
+        if tunnel is not None and self.is_active():
+            with contextlib.suppress(Exception):
+                self._transport.cancel_port_forward("127.0.0.1", port)
+
     def open_sftp(self, *, stall: float, timeout: float) -> SftpClient:
         """An SFTP session on a new channel (``sftp`` subsystem); opening it is bounded by ``timeout``."""
         deadline = time.monotonic() + timeout
@@ -189,8 +223,11 @@ class SshConnection:
                 return
             self._closed = True
             tunnels, self._tunnels = self._tunnels, set()
+            reverse, self._reverse = list(self._reverse.values()), {}
         for tunnel in tunnels:
             tunnel.close()
+        for back in reverse:
+            back.close()
         done = threading.Event()
 
         def work() -> None:

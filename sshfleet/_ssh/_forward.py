@@ -15,10 +15,13 @@ import os
 import shutil
 import socket
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sshfleet._hub import Hub
 from sshfleet._ssh._seam import Channel, Connection
+
+if TYPE_CHECKING:
+    from sshfleet._ssh._connection import SshConnection
 from sshfleet._ssh._stale import sweep_dead_owners
 
 log = logging.getLogger("sshfleet.ssh")
@@ -236,3 +239,59 @@ class Tunnel:
         with contextlib.suppress(Exception):
             self.hub.call(shut, timeout=5)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ReverseTunnel:
+    """The paramiko transport's RemoteForward (see ``_seam.py``): a port on the host's 127.0.0.1 whose
+    connections arrive as forwarded-tcpip channels and are spliced, on the hub loop, to the local Unix socket."""
+
+    def __init__(self, conn: SshConnection, port: int, socket_path: str) -> None:
+        self.conn = conn
+        self._port = port
+        self.socket_path = socket_path
+        self.splices: set[_Splice] = set()
+        self.closed = False
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def accept(self, chan: Channel) -> None:
+        """A connection to the port arrived (on paramiko's thread): splice it to the local socket."""
+        if self.closed:
+            chan.close()
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(5)
+            sock.connect(self.socket_path)
+        except OSError as exc:
+            log.debug("[host=%s] reverse forward to %s failed: %s", self.conn.host, self.socket_path, exc)
+            sock.close()
+            chan.close()
+            return
+        hub = Hub.get()
+
+        def start() -> None:
+            if self.closed:
+                sock.close()
+                chan.close()
+                return
+            self.splices = {s for s in self.splices if not s.closed}
+            self.splices.add(_Splice(hub.loop, sock, chan))
+
+        hub.loop.call_soon_threadsafe(start)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.conn.cancel_remote(self._port)
+        hub = Hub.get()
+
+        def shut() -> None:
+            for splice in list(self.splices):
+                splice.close()
+
+        with contextlib.suppress(Exception):
+            hub.call(shut, timeout=5)

@@ -107,15 +107,21 @@ _swept = False
 
 def _run(argv: list[str], timeout: float) -> tuple[int, str]:
     """Run a short mux command (``-O check/forward/exit``); (255, reason) when it cannot finish in time."""
+    status, said, _ = _run_out(argv, timeout)
+    return status, said
+
+
+def _run_out(argv: list[str], timeout: float) -> tuple[int, str, str]:
+    """``_run`` that also returns stdout (where ``-O forward -R ...:0:...`` prints the port it got)."""
     try:
         done = subprocess.run(
             argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, start_new_session=True
         )
     except subprocess.TimeoutExpired:
-        return 255, f"no answer from the ssh master within {timeout:g}s"
+        return 255, f"no answer from the ssh master within {timeout:g}s", ""
     except OSError as exc:
-        return 255, str(exc)
-    return done.returncode, done.stderr.decode("utf-8", "replace").strip()
+        return 255, str(exc), ""
+    return done.returncode, done.stderr.decode("utf-8", "replace").strip(), done.stdout.decode("utf-8", "replace")
 
 
 # --- connection ------------------------------------------------------------------------------------------
@@ -295,6 +301,19 @@ class OpenSshConnection:
         """The seam's forward: a Unix socket the master itself serves (``forward_unix``), no Python in the path."""
         return _UnixForward(self, self.forward_unix("127.0.0.1", dest_port, timeout=timeout))
 
+    def forward_remote(self, socket_path: str, *, timeout: float) -> _RemoteForward:
+        """``ssh -O forward -R 127.0.0.1:0:socket_path``: the master allocates a port on the host and forwards
+        its connections to the local Unix socket. Raises ChannelError when the server refuses."""
+        self._require_active("forward")
+        spec = f"127.0.0.1:0:{socket_path}"
+        status, said, out = _run_out(
+            [*mux_argv(self.control_path), "-O", "forward", "-R", spec, "--", self.address], timeout
+        )
+        port = int(out.strip()) if status == 0 and out.strip().isdigit() else 0
+        if not port:
+            raise ChannelError(self.host, f"remote forward failed: {ssh_message(said) or out.strip() or 'no port'}")
+        return _RemoteForward(self, port, spec)  # cancelled by the spec it was asked with (port 0), as ssh wants
+
     def cancel_forward(self, path: str) -> None:
         """Stop forwarding ``path`` (from forward_unix) and remove the socket; unknown paths are ignored."""
         with self._lock:
@@ -337,6 +356,26 @@ class OpenSshConnection:
                 self._release()
             for hop in reversed(self._hops):
                 hop.close()
+
+
+class _RemoteForward:
+    """A remote forward of the master's (see ``RemoteForward`` in ``_seam.py``)."""
+
+    def __init__(self, conn: OpenSshConnection, port: int, spec: str) -> None:
+        self.conn = conn
+        self._port = port
+        self.spec = spec
+        self.closed = False
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.conn.is_active():
+                self.conn._mux(["-O", "cancel", "-R", self.spec], self.conn._close_timeout)
 
 
 class _UnixForward:

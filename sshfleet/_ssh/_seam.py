@@ -112,6 +112,19 @@ class SftpSession(Protocol):
     def __exit__(self, *exc_info: object) -> None: ...
 
 
+class RemoteForward(Protocol):
+    """A port on the host's 127.0.0.1 forwarded back to a local Unix socket (``ssh -R 127.0.0.1:0:SOCKET``): what
+    lets a servicer call the controller. ``port`` is the port the host's sshd allocated; every connection to it
+    becomes a new connection to the local socket. Any user on the host can connect to that port, so whatever
+    listens on the socket must authenticate its callers. ``close()`` stops forwarding; idempotent, never raises.
+    """
+
+    @property
+    def port(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
 class Connection(Protocol):
     """One authenticated SSH connection to one host; a context manager.
 
@@ -125,6 +138,8 @@ class Connection(Protocol):
       ``127.0.0.1:port`` on the host. It is served without a thread per connection.
     * ``open_sftp(stall=..., timeout=...)`` is an SFTP session on this connection (see ``SftpSession``);
       ``timeout`` bounds opening it, ``stall`` how long any one request may wait for the host.
+    * ``forward_remote(socket_path, timeout=...)`` is a RemoteForward: a port on the host's 127.0.0.1 whose every
+      connection reaches the local Unix socket ``socket_path``.
     * ``is_active()`` is true while the connection can serve requests (no network round trip).
     * ``describe()`` is one line for people: ``user@address:port (detail)``.
     * ``close()`` is idempotent, never raises, takes at most about ``Timeouts.close`` seconds, closes every
@@ -153,6 +168,8 @@ class Connection(Protocol):
     def open_forward(self, dest_host: str, dest_port: int, *, timeout: float) -> Channel: ...
 
     def forward_local(self, dest_port: int, *, timeout: float) -> Forward: ...
+
+    def forward_remote(self, socket_path: str, *, timeout: float) -> RemoteForward: ...
 
     def open_sftp(self, *, stall: float, timeout: float) -> SftpSession: ...
 

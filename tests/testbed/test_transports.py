@@ -195,3 +195,34 @@ def test_proxy_jump_failures_name_the_jump_host(testbed, tmp_path, transport):
         CONNECT[transport](HostSpec("via-unreachable"), options)
     assert info.value.phase == "proxy"
     assert "jump host node01 cannot reach 127.0.0.1:2" in info.value.message
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_forward_remote_reaches_a_local_socket_from_the_host(testbed, tmp_path, transport):
+    """ssh -R 127.0.0.1:0:SOCKET: a program on the host connects to the allocated port and reaches a server
+    listening on a Unix socket on the controller."""
+    path = str(tmp_path / "back.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(4)
+    server.settimeout(30)
+    with server, CONNECT[transport](HostSpec("node01"), testbed.ssh_options()) as conn:
+        back = conn.forward_remote(path, timeout=30)
+        assert 0 < back.port < 65536
+        client = conn.exec(
+            f'python3 -c \'import socket; s = socket.create_connection(("127.0.0.1", {back.port})); '
+            's.sendall(b"ping"); print(s.recv(16).decode())\'',
+            timeout=30,
+        )
+        accepted, _ = server.accept()
+        with accepted:
+            accepted.settimeout(30)
+            assert accepted.recv(16) == b"ping"
+            accepted.sendall(b"pong")
+        assert read_all(client).strip() == b"pong"
+        client.close()
+        back.close()
+        back.close()  # idempotent
+        # the port is no longer forwarded: a connection to it is refused on the host
+        status, _ = run(conn, f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {back.port}))'")
+        assert status != 0
