@@ -77,8 +77,13 @@ def _host_line(line: str, group: str, builder: Builder, lineno: int) -> None:
 
 
 def parse_ini(text: str, builder: Builder) -> None:
-    """Fill ``builder`` from INI ``text``; raises InventoryError at the first bad line."""
+    """Fill ``builder`` from INI ``text``; raises InventoryError at the first bad line.
+
+    As Ansible's ini plugin, a child named in ``[g:children]`` before any section of its own is attached to
+    ``g`` only when its section appears: that decides the order of ``g``'s children, hence of its hosts.
+    """
     group, kind = UNGROUPED, "hosts"
+    pending: dict[str, list[tuple[str, int]]] = {}  # child -> (parent, line) waiting for the child's section
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line[0] in "#;":
@@ -96,6 +101,8 @@ def parse_ini(text: str, builder: Builder) -> None:
                     builder.group_vars(group, lineno)
                 else:
                     builder.declare_group(group, lineno)
+                    for parent, line in pending.pop(group, []):
+                        builder.add_child(parent, group, line)
                 continue
             if _TRAILING_COMMENT_RE.sub("", line).endswith("]") and "[" not in line[1:]:
                 raise builder.error(
@@ -108,7 +115,14 @@ def parse_ini(text: str, builder: Builder) -> None:
             m = _GROUP_NAME_RE.match(line)
             if not m:
                 raise builder.error(f"expected one group name in [{group}:children], got {line!r}", lineno)
-            builder.add_child(group, m.group(1), lineno)
+            child = m.group(1)
+            if child in builder.groups:
+                builder.add_child(group, child, lineno)
+            else:
+                pending.setdefault(child, []).append((group, lineno))
         else:
             key, value = _var_line(line, builder, lineno)
             builder.group_vars(group, lineno)[key] = VarValue(value, builder.path, lineno)
+    for child, parents in pending.items():
+        for parent, line in parents:
+            builder.add_child(parent, child, line)  # never defined: check_declared names it

@@ -88,7 +88,8 @@ def _expand_element(element: str, text: str) -> list[str]:
         return list(_LETTERS[i_lo : i_hi + 1 : step])
     if not (lo.isdigit() and hi.isdigit()):
         raise _bad(text, f"{element!r} must be two numbers or two letters")
-    padded = (len(lo) > 1 and lo[0] == "0") or (len(hi) > 1 and hi[0] == "0")
+    # As Ansible: the begin's zero padding sets the width (and the end must be as wide); [8:010] is 8 9 10.
+    padded = len(lo) > 1 and lo[0] == "0"
     if padded and len(lo) != len(hi):
         raise _bad(text, f"zero-padded {element!r} needs begin and end of the same width")
     n_lo, n_hi = int(lo), int(hi)

@@ -9,13 +9,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from sshfleet.errors import InventoryError
+from sshfleet.inventory import Inventory
 
 HERE = Path(__file__).parent
 CORPUS = HERE / "corpus"
@@ -92,3 +97,42 @@ def ssh_binary() -> str:
     require(path is not None, "the OpenSSH client (ssh)")
     assert path is not None
     return path
+
+
+def stable(answers: tuple[Any, Any], *keys: str) -> tuple[Any, bool]:
+    """Ansible's answer at ``keys``, and whether its order is defined (both hash seeds gave the same list)."""
+    first, second = answers
+    for key in keys:
+        first, second = first[key], second[key]
+    return first, first == second
+
+
+def check_patterns(ours: Inventory, answers: tuple[Any, Any], skip: Sequence[str] = ()) -> None:
+    """Every pattern Ansible was asked about selects the same hosts in sshfleet, in the same order where
+    Ansible's order is defined; the one allowed difference is an error for a term that matches nothing."""
+    theirs = answers[0]
+    for pattern, expected in theirs["patterns"].items():
+        if any(name in pattern for name in skip):
+            continue
+        if isinstance(expected, dict):
+            # Ansible's only refusal: a subscript past the end. sshfleet refuses too (or first names a typo).
+            with pytest.raises(InventoryError, match=r"no hosts matched the subscripted pattern|no host or group"):
+                ours.select(pattern)
+            continue
+        try:
+            selected = [spec.name for spec in ours.select(pattern)]
+        except InventoryError as exc:
+            # sshfleet's deliberate difference: a term that matches nothing (a typo, a malformed range, an IPv6
+            # address split on its colons) is an error, where Ansible warns and goes on without it.
+            unknown = re.search(r"no host or group named '([^']*)'", str(exc))
+            if expected:
+                assert unknown is not None, f"{pattern!r}: sshfleet raised {exc}, Ansible selected {expected}"
+            if unknown is not None:
+                name = unknown.group(1)
+                assert name not in theirs["group_hosts"] and name not in theirs["ssh"], str(exc)
+            continue
+        _, ordered = stable(answers, "patterns", pattern)
+        if ordered:
+            assert selected == expected, pattern
+        else:
+            assert sorted(selected) == sorted(expected), pattern

@@ -19,7 +19,7 @@ import yaml
 
 from sshfleet.errors import InventoryError
 from sshfleet.inventory import Inventory
-from tests.differential.conftest import CORPUS, AnsibleReference
+from tests.differential.conftest import CORPUS, AnsibleReference, check_patterns, stable
 
 INVENTORIES = sorted(
     p if p.is_file() else next(p.glob("hosts.*")) for p in (CORPUS / "inventories").iterdir() if p.name[0].isdigit()
@@ -59,14 +59,6 @@ def same_value(ours: str, theirs: Any) -> bool:
         except Exception:
             continue
     return theirs in candidates or (theirs is None and ours == "")
-
-
-def stable(answers: tuple[Any, Any], *keys: str) -> tuple[Any, bool]:
-    """Ansible's answer at ``keys``, and whether its order is defined (both hash seeds gave the same list)."""
-    first, second = answers
-    for key in keys:
-        first, second = first[key], second[key]
-    return first, first == second
 
 
 @pytest.fixture(scope="module")
@@ -141,28 +133,4 @@ def test_patterns_agree_with_ansible(path: Path, answers: dict[Path, tuple[Any, 
         return  # covered above
     if "# sshfleet-extension" in path.read_text():
         return
-    ours = Inventory.load(path)
-    for pattern, expected in theirs["patterns"].items():
-        if any(name in pattern for name in quirks(path.read_text())):
-            continue
-        if isinstance(expected, dict):
-            with pytest.raises(InventoryError, match="no hosts matched the subscripted pattern"):
-                ours.select(pattern)
-            continue
-        try:
-            selected = [spec.name for spec in ours.select(pattern)]
-        except InventoryError as exc:
-            # sshfleet's deliberate difference: a term that matches nothing (a typo, a malformed range, an IPv6
-            # address split on its colons) is an error, where Ansible warns and goes on without it.
-            unknown = re.search(r"no host or group named '([^']*)'", str(exc))
-            if expected:
-                assert unknown is not None, f"{pattern!r}: sshfleet raised {exc}, Ansible selected {expected}"
-            if unknown is not None:
-                name = unknown.group(1)
-                assert name not in theirs["group_hosts"] and name not in theirs["ssh"], str(exc)
-            continue
-        _, ordered = stable(answers[path], "patterns", pattern)
-        if ordered:
-            assert selected == expected, pattern
-        else:
-            assert sorted(selected) == sorted(expected), pattern
+    check_patterns(Inventory.load(path), answers[path], skip=quirks(path.read_text()))

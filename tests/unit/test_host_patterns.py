@@ -49,6 +49,12 @@ def test_expand(text: str, expected: list[str]) -> None:
     assert expand_hostrange(text) == expected
 
 
+def test_the_begin_sets_the_padding_as_in_ansible() -> None:
+    assert expand_hostrange("node[8:010]") == ["node8", "node9", "node10"]
+    assert expand_hostrange("node[1:05]") == ["node1", "node2", "node3", "node4", "node5"]
+    assert expand_hostrange("node[08:10]") == ["node08", "node09", "node10"]
+
+
 @pytest.mark.parametrize(
     ("text", "why"),
     [
@@ -60,7 +66,6 @@ def test_expand(text: str, expected: list[str]) -> None:
         ("node[4:1]", "greater than end"),
         ("node[d:a]", "comes after"),
         ("node[01:100]", "same width"),
-        ("node[1:05]", "same width"),
         ("node[1:5:0]", "step"),
         ("node[1:5:x]", "step"),
         ("node[1:2:3:4]", "begin:end"),

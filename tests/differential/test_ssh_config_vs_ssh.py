@@ -1,0 +1,133 @@
+"""Every ssh_config of the corpus, resolved by sshfleet and by ``ssh -G`` (OpenSSH itself).
+
+Two ways must agree with ssh: the Python reading sshfleet uses when the ``ssh`` binary is absent
+(``_sshg.emulate``) must print what ``ssh -G`` prints for every setting sshfleet reads, and ``resolve()`` must give
+the same ResolvedHost (jump chains included) whether it asks ``ssh -G`` or reads the file in Python.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import pwd
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sshfleet._options import HostSpec, SshOptions
+from sshfleet._ssh import _sshg, resolve
+from sshfleet._ssh._sshg import Query
+from sshfleet.errors import UsageError
+from tests.differential.conftest import CORPUS
+
+CONFIGS = sorted((CORPUS / "ssh_configs").glob("*.conf"))
+KEYS = (
+    "user",
+    "hostname",
+    "port",
+    "identityfile",
+    "certificatefile",
+    "userknownhostsfile",
+    "globalknownhostsfile",
+    "proxyjump",
+    "proxycommand",
+    "hostkeyalias",
+    "identitiesonly",
+    "connecttimeout",
+    "serveraliveinterval",
+    "serveralivecountmax",
+    "stricthostkeychecking",
+)
+_QUERY_RE = re.compile(r"^#\s*query:\s*(\S+)(.*)$", re.M)
+
+
+def queries(text: str) -> list[Query]:
+    """``# query: HOST [user=U] [port=P] [hostname=H]`` lines: what ``ssh -G -l U -p P -o HostName=H HOST``
+    is asked."""
+    found = []
+    for m in _QUERY_RE.finditer(text):
+        extra = dict(item.split("=", 1) for item in m.group(2).split())
+        port = extra.get("port")
+        found.append(Query(m.group(1), None, extra.get("user"), int(port) if port else None, extra.get("hostname")))
+    return found
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory, ssh_binary: str) -> Iterator[dict[Path, Path]]:
+    """The corpus with its placeholders filled in; ``Include`` relative to ~/.ssh gets a file of this run there."""
+    home = pwd.getpwuid(os.getuid()).pw_dir
+    if os.path.realpath(os.path.expanduser("~")) != os.path.realpath(home):
+        pytest.fail("HOME must be the password database's home: ssh reads ~ from there, sshfleet from HOME")
+    ssh_dir = Path(home) / ".ssh"
+    made_dir = not ssh_dir.exists()
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    include = ssh_dir / f"sshfleet-difftest-{os.getpid()}.conf"
+    include.write_text((CORPUS / "ssh_configs" / "include.d" / "relative.conf").read_text())
+    out = tmp_path_factory.mktemp("ssh_configs")
+    mapping = {}
+    try:
+        for path in CONFIGS:
+            text = path.read_text()
+            text = text.replace("{corpus}", str(CORPUS / "ssh_configs"))
+            text = text.replace("{ssh_include}", include.name).replace("{local_user}", getpass.getuser())
+            target = out / path.name
+            target.write_text(text)
+            mapping[path] = target
+        yield mapping
+    finally:
+        include.unlink()
+        if made_dir:
+            ssh_dir.rmdir()
+
+
+def ask_ssh(query: Query, ssh: str) -> dict[str, list[str]] | str:
+    try:
+        return _sshg._run(query, ssh)
+    except UsageError as exc:
+        return f"error: {exc}"
+
+
+def ask_python(query: Query) -> dict[str, list[str]] | str:
+    try:
+        return _sshg.emulate(query)
+    except UsageError as exc:
+        return f"error: {exc}"
+
+
+def test_the_corpus_is_large_enough() -> None:
+    assert len(CONFIGS) >= 20
+    assert sum(len(queries(p.read_text())) for p in CONFIGS) >= 60
+
+
+@pytest.mark.parametrize("source", CONFIGS, ids=lambda p: p.name)
+def test_python_reading_prints_what_ssh_G_prints(source: Path, rendered: dict[Path, Path], ssh_binary: str) -> None:
+    config = str(rendered[source])
+    for base in queries(source.read_text()):
+        query = Query(base.host, config, base.user, base.port, base.hostname)
+        theirs, ours = ask_ssh(query, ssh_binary), ask_python(query)
+        if isinstance(theirs, str) or isinstance(ours, str):
+            assert isinstance(theirs, str) and isinstance(ours, str), f"{query}: ssh {theirs!r}, sshfleet {ours!r}"
+            continue
+        for key in KEYS:
+            assert ours.get(key) == theirs.get(key), (
+                f"{query.host} {key}: ssh {theirs.get(key)}, sshfleet {ours.get(key)}"
+            )
+
+
+@pytest.mark.parametrize("source", CONFIGS, ids=lambda p: p.name)
+def test_resolve_is_the_same_with_and_without_the_ssh_binary(
+    source: Path, rendered: dict[Path, Path], ssh_binary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = SshOptions(ssh_config=str(rendered[source]), look_for_keys=False)
+    for query in queries(source.read_text()):
+        spec = HostSpec(query.host, hostname=query.hostname, port=query.port, user=query.user)
+        results = []
+        for binary in (ssh_binary, ""):
+            monkeypatch.setattr(_sshg, "SSH_BINARY", binary)
+            try:
+                results.append(resolve(spec, options))
+            except UsageError as exc:
+                results.append(type(exc))
+        assert results[0] == results[1], query
