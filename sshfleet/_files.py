@@ -196,6 +196,10 @@ class _Job:
         self.stopped = False
         self.sftp: Optional[SftpSession] = None
         self.local_parts: set[str] = set()
+        self.current = ""  # the path being copied, for a deadline's message
+
+    def at(self) -> str:
+        return f" (at {self.current})" if self.current else ""
 
     def check(self) -> None:
         if self.stopped:
@@ -250,7 +254,7 @@ def _run_host(
         except HostError as exc:
             return exc
         except _Stopped:
-            return ChannelError(host, f"the transfer did not finish within {timeout:g}s")
+            return ChannelError(host, f"the transfer did not finish within {timeout:g}s{job.at()}")
         except Exception as exc:  # a bug must cost one host, not the whole fleet's results
             return ChannelError(host, f"unexpected error during the transfer: {exc!r}")
 
@@ -264,9 +268,9 @@ def _run_host(
         return result[0]
     job.stop()
     thread.join(0.5)
-    if result and not isinstance(result[0], Transfer):
+    if result:  # it ended at its next step (or had just finished: then every file is in place)
         return result[0]
-    return ChannelError(host, f"the transfer did not finish within {timeout:g}s (the host stopped answering)")
+    return ChannelError(host, f"the transfer did not finish within {timeout:g}s{job.at()}; the host stopped answering")
 
 
 @contextlib.contextmanager
@@ -308,6 +312,7 @@ def _part_name(path: str) -> str:
 
 def _upload(job: _Job, sftp: SftpSession, source: str, dest: str, mode: int, mtime: int) -> None:
     """``source`` (local) to ``dest`` on the host through a temporary name in ``dest``'s directory."""
+    job.current = dest
     part = _part_name(dest)
     writer = sftp.create(part, mode)
     try:
@@ -440,6 +445,7 @@ def put(
 def _download(job: _Job, sftp: SftpSession, source: str, dest: Path, entry: Entry) -> None:
     """``source`` on the host to ``dest`` through a temporary file (0600) in ``dest``'s directory."""
     host = job.host
+    job.current = source
     if dest.is_dir() and not dest.is_symlink():  # checked again before the rename: it may appear meanwhile
         raise HostError(host, f"{dest} is a directory on the controller; a file was expected there")
     with _local_errors(host, "writing", dest.parent):

@@ -85,12 +85,13 @@ def test_a_stuck_host_is_reported_at_its_deadline_and_its_partial_file_removed(t
         job.check()
         return Transfer(files=1, bytes=4, seconds=0, paths=[])
 
+    job.current = "/data/big.bin"
     try:
         outcome = _run_host("h1", 0.2, job, stuck)
     finally:
         release.set()
     assert isinstance(outcome, ChannelError)
-    assert outcome.message.startswith("the transfer did not finish within 0.2s")
+    assert outcome.message.startswith("the transfer did not finish within 0.2s (at /data/big.bin)")
     assert not part.exists()
 
 
