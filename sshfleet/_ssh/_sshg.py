@@ -5,7 +5,8 @@ ssh_config has a grammar full of corners (``Include`` in a ``Host`` block, token
 against the HostName set so far, first value wins, trailing ``# comments``, ``Host web[12]`` being a literal), and
 a user's file is written for ``ssh``: the surest way to agree with ``ssh`` is to ask it. ``ssh -G`` evaluates the
 file without connecting; its answers are cached per (file, mtime, host, user, port), and ``prefetch`` asks for
-many hosts at once so a fleet of hundreds starts in a fraction of a second.
+many hosts at once (256 hosts: 2.0 s one after the other, 1.1 s with ``prefetch`` on a busy 2-core machine; the
+Python reading takes 0.13 s).
 
 Without the binary, ``emulate`` follows OpenSSH's readconf.c for the keywords sshfleet uses and prints the same
 shape of answer, so both ways feed one resolver; the differential suite holds them to ``ssh -G``'s answers.

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from sshfleet._options import HostSpec, SshOptions
 from sshfleet._ssh import _sshg, resolve
@@ -131,3 +133,100 @@ def test_resolve_is_the_same_with_and_without_the_ssh_binary(
             except UsageError as exc:
                 results.append(type(exc))
         assert results[0] == results[1], query
+
+
+# --- random configs ------------------------------------------------------------------------------------------
+
+_PATTERNS = ["a", "b", "web1", "web[12]", "*", "!a", "w*", "a?", "A", "real.example", "REAL.example"]
+_SETTINGS = [
+    "User u1",
+    'User "u 2"',
+    "User u3 # a comment",
+    "User=u4",
+    "Port 2201",
+    "Port = 2202",
+    "HostName %h.x",
+    "HostName real.example",
+    "HostName 100%%.x",
+    "HostName UPPER.Example",
+    "IdentityFile ~/.ssh/id_%r_%h",
+    "IdentityFile %d/k_%p_%n",
+    "IdentityFile ~/.ssh/k#1",
+    "UserKnownHostsFile ~/.ssh/kh_%r_%h %d/kh2_%C",
+    "UserKnownHostsFile /dev/null",
+    "ProxyJump j1",
+    "ProxyJump none",
+    "ProxyJump u@j2:2222,j3",
+    "HostKeyAlias alias_%h",
+    "HostKeyAlias plain-alias",
+    "ConnectTimeout 5",
+    "StrictHostKeyChecking accept-new",
+    "StrictHostKeyChecking no",
+    "IdentitiesOnly yes",
+    "ServerAliveInterval 9",
+    "CertificateFile ~/.ssh/cert_%r",
+]
+_BLOCKS = st.one_of(
+    st.lists(st.sampled_from(_PATTERNS), min_size=1, max_size=3).map(lambda p: "Host " + " ".join(p)),
+    st.sampled_from(
+        [
+            "Match all",
+            "Match host real.example",
+            "Match host *.x",
+            "Match !host a",
+            "Match originalhost a,web*",
+            "Match user u1",
+            "Match user root,u*",
+            "Match final",
+            "Match final host real.example",
+            "Match canonical",
+            'Match exec "true"',
+            'Match exec "test %h = a"',
+        ]
+    ),
+)
+
+
+@st.composite
+def _config_text(draw: st.DrawFn) -> str:
+    lines = [f"  {s}" for s in draw(st.lists(st.sampled_from(_SETTINGS), max_size=3))]
+    for _ in range(draw(st.integers(1, 5))):
+        lines.append(draw(_BLOCKS))
+        lines += [f"  {s}" for s in draw(st.lists(st.sampled_from(_SETTINGS), min_size=1, max_size=4))]
+    return "\n".join(lines) + "\n"
+
+
+_QUERIES = st.lists(
+    st.builds(
+        Query,
+        st.sampled_from(["a", "b", "web1", "web[12]", "A", "w9", "real.example"]),
+        st.none(),
+        st.sampled_from([None, None, "u1", "root"]),
+        st.sampled_from([None, None, 2300]),
+        st.sampled_from([None, None, "real.example"]),
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("SSHFLEET_FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(text=_config_text(), asked=_QUERIES)
+def test_random_configs_read_as_ssh_G_reads_them(
+    tmp_path_factory: pytest.TempPathFactory, ssh_binary: str, text: str, asked: list[Query]
+) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "config"
+    path.write_text(text)
+    for base in asked:
+        query = Query(base.host, str(path), base.user, base.port, base.hostname)
+        theirs, ours = ask_ssh(query, ssh_binary), ask_python(query)
+        if isinstance(theirs, str) or isinstance(ours, str):
+            assert isinstance(theirs, str) and isinstance(ours, str), f"{query}: ssh {theirs!r}, sshfleet {ours!r}"
+            continue
+        for key in KEYS:
+            assert ours.get(key) == theirs.get(key), f"{query} {key}: ssh {theirs.get(key)}, sshfleet {ours.get(key)}"
