@@ -15,8 +15,9 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -137,33 +138,47 @@ def test_a_mixed_fleet_starts_in_one_call_from_an_inventory(testbed, tmp_path):
 
 
 @pytest.fixture
-def broken_python3(testbed) -> Iterator[tuple[str, str]]:
-    """On one host, the `fleet` user's PATH starts with a directory whose `python3` is a broken script.
+def login_path(testbed) -> Iterator[Callable[..., tuple[str, str]]]:
+    """``login_path(user, python3=...)``: on one host, that user's PATH starts with a fresh directory holding
+    ``python3`` (a script's text, a symlink target, or None: no python3), and nothing else when ``only=True``.
 
-    The directory lives in that host's private /tmp and ~fleet/.bashrc (which bash reads for an ssh command)
-    prepends it only where it exists, so no other host sees it; both are removed afterwards.
+    The directory lives in that host's private /tmp, and the user's ~/.bashrc (which bash reads for an ssh
+    command) puts it first only where it exists, so no other host sees it; both are removed afterwards.
     """
     host = testbed.hosts[3]
-    name = f"sshfleet-broken-{uuid.uuid4().hex[:8]}"
-    bindir = host.tmp_dir / name
-    bindir.mkdir()
-    script = bindir / "python3"
-    script.write_text("#!/bin/sh\necho 'python3: this one is broken on purpose' >&2\nexit 1\n")
-    script.chmod(0o755)
-    os.chmod(bindir, 0o755)
-    bashrc = Path("/home/fleet/.bashrc")
-    original = bashrc.read_bytes()
-    line = f'[ -d /tmp/{name} ] && PATH="/tmp/{name}:$PATH"  # {name}\n'
-    bashrc.write_bytes(line.encode() + original)
-    try:
-        yield host.name, name
-    finally:
+    made: list[tuple[Path, Path, str]] = []
+
+    def make(user: str, python3: Optional[str], *, link: bool = False, only: bool = False) -> tuple[str, str]:
+        name = f"sshfleet-path-{uuid.uuid4().hex[:8]}"
+        bindir = host.tmp_dir / name
+        bindir.mkdir()
+        os.chmod(bindir, 0o755)
+        if python3 is not None and link:
+            (bindir / "python3").symlink_to(python3)
+        elif python3 is not None:
+            (bindir / "python3").write_text(python3)
+            (bindir / "python3").chmod(0o755)
+        bashrc = Path("/root/.bashrc" if user == "root" else f"/home/{user}/.bashrc")
+        path = f"/tmp/{name}" if only else f"/tmp/{name}:$PATH"
+        line = f'[ -d /tmp/{name} ] && PATH="{path}"  # {name}\n'
+        text = bashrc.read_bytes()
+        # Debian's user .bashrc returns at once for a non-interactive shell: go first there; root's runs to the
+        # end and puts pyenv's shims first: go last.
+        bashrc.write_bytes(line.encode() + text if b"*) return;;" in text else text + line.encode())
+        made.append((bindir, bashrc, name))
+        return host.name, name
+
+    yield make
+    for bindir, bashrc, name in made:
         bashrc.write_bytes(re.sub(rb"^.*# " + name.encode() + rb"\n", b"", bashrc.read_bytes(), flags=re.M))
         shutil.rmtree(bindir, ignore_errors=True)
 
 
-def test_discovery_finds_a_working_python_when_python3_is_broken(testbed, broken_python3):
-    host, name = broken_python3
+BROKEN = "#!/bin/sh\necho 'python3: this one is broken on purpose' >&2\nexit 1\n"
+
+
+def test_discovery_finds_a_working_python_when_python3_is_broken(testbed, login_path):
+    host, name = login_path("fleet", BROKEN)
     options = testbed.ssh_options("fleet")
     with ExecAgent([host], ssh_options=options) as probe:
         which = probe.Run(shell="command -v python3; python3 -c 'print(1)'", timeout=30)
@@ -177,8 +192,29 @@ def test_discovery_finds_a_working_python_when_python3_is_broken(testbed, broken
         assert agent.Uname()[host].python_version == version_of("/usr/bin/python3").strip()
 
 
-def test_a_named_interpreter_is_not_replaced_by_discovery(testbed, broken_python3):
-    host, name = broken_python3
+def test_discovery_when_there_is_no_python3_on_the_path(testbed, login_path):
+    host, _ = login_path("fleet", None, only=True)
+    with SysinfoAgent([host], ssh_options=testbed.ssh_options("fleet")) as agent:
+        assert agent.started.success(), agent.started.status()
+        reported = facts(agent, host)
+        assert reported["discovered"] and reported["interpreter"] == "/usr/bin/python3"
+        assert agent.Uname().success()
+
+
+def test_discovery_when_python3_is_too_old(testbed, login_path):
+    """root's python3 is Python 2.7 (as on old images): it is told it is too old, and discovery goes on."""
+    python2 = PYENV / "2.7.18" / "bin" / "python2.7"
+    if not python2.exists():
+        pytest.skip("no Python 2.7 under pyenv")
+    host, _ = login_path("root", str(python2), link=True)
+    with SysinfoAgent([host], ssh_options=testbed.ssh_options()) as agent:
+        assert agent.started.success(), agent.started.status()
+        reported = facts(agent, host)
+        assert reported["discovered"] and reported["interpreter"] == "/usr/bin/python3"
+
+
+def test_a_named_interpreter_is_not_replaced_by_discovery(testbed, login_path):
+    host, name = login_path("fleet", BROKEN)
     with SysinfoAgent([host], ssh_options=testbed.ssh_options("fleet"), python=f"/tmp/{name}/python3") as agent:
         error = agent.started[host]
         assert isinstance(error, RemotePythonError), agent.started.status()
