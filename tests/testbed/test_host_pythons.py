@@ -29,7 +29,7 @@ from sshfleet.errors import RemotePythonError
 
 REPO = Path(__file__).resolve().parents[2]
 PYENV = Path(os.environ.get("PYENV_ROOT") or "/root/.pyenv") / "versions"
-# What each host Python gets today (the newest releases with wheels for it, no newer than the controller's).
+# Host Pythons the controller's grpcio/protobuf no longer support: they get older releases and adapted gencode.
 OLD_PYTHONS = [(3, 6), (3, 7), (3, 8), (3, 9)]
 COLD = Timeouts(bootstrap=300)  # a first start per Python downloads its wheels
 
