@@ -27,6 +27,7 @@ from sshfleet.errors import (
 if TYPE_CHECKING:
     from sshfleet._agent import Agent
     from sshfleet._codegen import load_agent
+    from sshfleet._controller import calling_host
     from sshfleet._fleet import Fleet
     from sshfleet._responses import Responses
     from sshfleet.inventory import Inventory, load_hosts
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Agent": "sshfleet._agent",
     "Fleet": "sshfleet._fleet",
+    "calling_host": "sshfleet._controller",
     "Responses": "sshfleet._responses",
     "load_agent": "sshfleet._codegen",
     "Inventory": "sshfleet.inventory",
@@ -76,6 +78,7 @@ __all__ = [
     "Timeouts",
     "UsageError",
     "__version__",
+    "calling_host",
     "errors",
     "load_agent",
     "load_hosts",

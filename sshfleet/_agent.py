@@ -29,6 +29,7 @@ import grpc.aio
 from sshfleet import _payload
 from sshfleet._bootstrap import start_servicer
 from sshfleet._calls import CallFailed, CallStreams
+from sshfleet._controller import ControllerService
 from sshfleet._fleet import Fleet, HostsArg, host_logger
 from sshfleet._futures import DEFERRED, RpcMethod, chain
 from sshfleet._hub import Hub
@@ -87,6 +88,7 @@ class Agent:
     _module_file: ClassVar[str] = ""
     _extra_files: ClassVar[Sequence[str]] = ()
     _exception: ClassVar[type[AgentException]] = AgentException
+    _controller_service: ClassVar[str] = ""  # the proto's <Service>Controller, served here for the hosts
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Give each unary RPC method of a generated (or hand-written) agent class ``.future()`` and ``.aio()``."""
@@ -119,8 +121,11 @@ class Agent:
         keepalive: Optional[float] = None,
         log_level: str = "INFO",
         liveness: float = 60.0,
+        controller: Any = None,
+        max_workers: int = 64,
     ) -> None:
         self._closed = True  # until started, close() has nothing to do
+        self._controller: Optional[ControllerService] = None
         if self._pb2 is None or not self._service_name:
             raise UsageError(f"{type(self).__name__} is not a generated agent class (no proto attached)")
         fleet_options: dict[str, Any] = {
@@ -154,6 +159,10 @@ class Agent:
         self._bundle = self._agent_bundle()
         self._liveness = float(liveness)
         self._log_level = log_level
+        if not isinstance(max_workers, int) or max_workers < 1:
+            raise UsageError(f"max_workers must be a positive integer, got {max_workers!r}")
+        self._max_workers = max_workers
+        controller_parts = self._controller_parts(controller)
         self._hub = Hub.get()
         self._sync_lock = threading.Lock()
         self._wiring = StreamWiring(
@@ -172,6 +181,14 @@ class Agent:
             if self._owns_fleet:
                 self.fleet.close()
             raise
+        if controller_parts is not None:
+            try:
+                self._controller = ControllerService(controller, controller_parts, max_workers=max_workers)
+            except BaseException:
+                self.fleet._detach(self)
+                if self._owns_fleet:
+                    self.fleet.close()
+                raise
         self._closed = False
         self.started = self._start()
 
@@ -181,7 +198,7 @@ class Agent:
         from sshfleet.inventory import Inventory
 
         inventory = Inventory.load(path)
-        agent_keys = {"timeouts", "python", "servicer", "log_level", "liveness"}
+        agent_keys = {"timeouts", "python", "servicer", "log_level", "liveness", "controller", "max_workers"}
         fleet = Fleet(
             inventory.select(pattern), inventory=inventory, **{k: v for k, v in options.items() if k not in agent_keys}
         )
@@ -201,6 +218,25 @@ class Agent:
             return self._pb2.DESCRIPTOR.services_by_name[short]
         except KeyError:
             raise UsageError(f"{self._service_name} is not a service of {self._pb2.__name__}") from None
+
+    def _controller_parts(self, controller: Any) -> Optional[Callable[[Any, grpc.Server], None]]:
+        """Check ``controller=`` against the proto's ``<Service>Controller`` service; the function that adds it
+        to a gRPC server, or None without a controller."""
+        short = self._controller_service.rsplit(".", 1)[-1]
+        if controller is None:
+            return None
+        if not short:
+            raise UsageError(
+                f"{type(self).__name__} takes no controller=: its .proto has no {self._service.name}Controller service"
+            )
+        base = getattr(self._pb2_grpc, f"{short}Servicer")
+        if not isinstance(controller, base):
+            raise UsageError(
+                f"controller= must be an instance of a class derived from {self._pb2_grpc.__name__}.{short}Servicer, "
+                f"not {type(controller).__name__}"
+            )
+        add: Callable[[Any, grpc.Server], None] = getattr(self._pb2_grpc, f"add_{short}Servicer_to_server")
+        return add
 
     def _agent_bundle(self) -> _payload.Bundle:
         cls = type(self)
@@ -243,7 +279,18 @@ class Agent:
                 "log_level": self._log_level,
                 "liveness": self._liveness,
                 "heartbeat": HEARTBEAT,
+                "workers": self._max_workers,
             }
+            if self._controller is not None:
+                # The host's servicer calls the controller back through its own connection, with its own secret.
+                state.reverse = conn.forward_remote(self._controller.path, timeout=self.timeouts.connect)
+                state.controller_secret = self._controller.admit(spec.name)
+                short = self._controller_service.rsplit(".", 1)[-1]
+                config["controller"] = {
+                    "port": state.reverse.port,
+                    "secret": state.controller_secret,
+                    "stub": f"{Path(self._pb2_grpc.__file__).stem}.{short}Stub",
+                }
             python = self._python or spec.python or "python3"
             process = start_servicer(
                 conn,
@@ -276,6 +323,7 @@ class Agent:
                 "pid": process.pid,
                 "port": process.port,
                 "python": process.facts.get("python"),
+                "interpreter": process.facts.get("interpreter"),
                 "shipped": list(process.stats.shipped),
                 "round_trips": process.stats.round_trips,
                 "seconds": process.stats.seconds,
@@ -698,6 +746,12 @@ class Agent:
         if state.forward is not None:
             state.forward.close()
             state.forward = None
+        if state.reverse is not None:
+            state.reverse.close()
+            state.reverse = None
+        if state.controller_secret and self._controller is not None:
+            self._controller.revoke(state.controller_secret)
+            state.controller_secret = ""
         if state.process is not None:
             chan = state.process.channel
             with contextlib.suppress(Exception):
@@ -719,6 +773,8 @@ class Agent:
         try:
             self._stop_hosts()
         finally:
+            if self._controller is not None:
+                self._controller.close()
             self.fleet._detach(self)
             if self._owns_fleet:
                 self.fleet.close()

@@ -35,6 +35,8 @@ class HostAgent:
     host: str
     process: Optional[ServicerProcess] = None
     forward: Optional[_ssh.Forward] = None  # the servicer's port, forwarded to a local socket
+    reverse: Optional[_ssh.RemoteForward] = None  # the controller's service, forwarded to a port on the host
+    controller_secret: str = ""  # what this host's servicer calls the controller with
     channel: Optional[grpc.aio.Channel] = None
     calls: Optional[CallStreams] = None
     sync_channel: Optional[grpc.Channel] = None  # made on first use: single-host server streams (_streams.py)

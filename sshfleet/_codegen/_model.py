@@ -86,6 +86,9 @@ class ServiceInfo:
     file_doc: str
     methods: tuple[MethodInfo, ...]
     foreign_modules: dict[str, str] = field(default_factory=dict)  # alias -> module, for type hints
+    # The proto's second service, <Service>Controller, which the controller serves for the hosts ("" if none).
+    controller_name: str = ""
+    controller_full_name: str = ""
 
 
 def _clean_comment(text: str) -> str:
@@ -193,13 +196,21 @@ def _free_name(base: str, taken: set[str]) -> str:
 
 
 def service_info(compiled: CompiledProto) -> ServiceInfo:
-    """Describe the one service of ``compiled``; :class:`ProtoError` if it has none or several."""
+    """Describe the agent's service of ``compiled`` and its optional ``<Service>Controller`` (served by the
+    controller for the hosts); :class:`ProtoError` for any other set of services."""
     file = compiled.file
     where = compiled.proto_path
-    if len(file.service) != 1:
-        found = ", ".join(s.name for s in file.service) or "none"
-        raise ProtoError(f"{where}: an agent .proto must define exactly one service (found: {found})")
-    service = file.service[0]
+    names = [s.name for s in file.service]
+    controllers = [n for n in names if n.endswith("Controller") and n[: -len("Controller")] in names]
+    agents = [n for n in names if n not in controllers]
+    if len(agents) != 1 or len(controllers) > 1:
+        found = ", ".join(names) or "none"
+        raise ProtoError(
+            f"{where}: an agent .proto must define one service, and optionally a second one named after it with "
+            f"'Controller' appended that the controller serves for the hosts (found: {found})"
+        )
+    position = names.index(agents[0])
+    service = file.service[position]
     index = _Index(compiled)
     methods = []
     for number, method in enumerate(service.method):
@@ -211,7 +222,7 @@ def service_info(compiled: CompiledProto) -> ServiceInfo:
         methods.append(
             MethodInfo(
                 name=method.name,
-                doc=index.comments.get((_FILE_SERVICE, 0, _SERVICE_METHOD, number), ""),
+                doc=index.comments.get((_FILE_SERVICE, position, _SERVICE_METHOD, number), ""),
                 request=request,
                 response=response,
                 client_streaming=method.client_streaming,
@@ -227,10 +238,14 @@ def service_info(compiled: CompiledProto) -> ServiceInfo:
         service_name=service.name,
         full_name=full_name,
         class_name=class_name,
-        doc=index.comments.get((_FILE_SERVICE, 0), ""),
+        doc=index.comments.get((_FILE_SERVICE, position), ""),
         file_doc=file_doc,
         methods=tuple(methods),
         foreign_modules=dict(sorted(index.used_foreign.items())),
+        controller_name=controllers[0] if controllers else "",
+        controller_full_name=(f"{file.package}.{controllers[0]}" if file.package else controllers[0])
+        if controllers
+        else "",
     )
 
 

@@ -156,6 +156,8 @@ def render_client(info: ServiceInfo) -> str:
         "    _module_file = __file__",
         f"    _exception = {cls}Exception",
     ]
+    if info.controller_name:
+        body.append(f'    _controller_service = "{info.controller_full_name}"')
     for method in info.methods:
         body += ["", *_client_method(method)]
     text = "\n".join(body)
@@ -277,15 +279,25 @@ def render_servicer(info: ServiceInfo) -> str:
         "log = logging.getLogger(__name__)",
         "",
         "",
-        "def AddServicer(server):",
-        f"    pb_grpc.add_{service}Servicer_to_server({service}Servicer(), server)",
+        "def AddServicer(server, controller=None):",
+        f"    pb_grpc.add_{service}Servicer_to_server({service}Servicer(controller), server)",
         "",
         "",
         f"class {service}Servicer(pb_grpc.{service}Servicer):",
         *_docstring(f"Implements {info.full_name} on the host; one instance serves every call.", "    "),
         "",
-        "    def __init__(self):",
+        "    def __init__(self, controller=None):",
         "        super().__init__()",
+        *(
+            [
+                f"        # A ready pb_grpc.{info.controller_name}Stub: call the controller as any gRPC stub, e.g.",
+                "        # self.controller.Method(pb.Request(...)), or .future(...) not to wait. None when the",
+                "        # agent was started without controller=.",
+            ]
+            if info.controller_name
+            else []
+        ),
+        "        self.controller = controller",
         f'        log.debug("{service}Servicer created.")',
     ]
     return "\n".join(lines) + "\n" + text + "\n"

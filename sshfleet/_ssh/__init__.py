@@ -19,7 +19,7 @@ from sshfleet._ssh._connection import (
     connect,
 )
 from sshfleet._ssh._openssh import OpenSshConnection, PipeChannel, connect_openssh, connect_resolved_openssh
-from sshfleet._ssh._seam import Channel, Connection, Forward
+from sshfleet._ssh._seam import Channel, Connection, Forward, RemoteForward
 
 
 def open_connection(host: ResolvedHost, options: SshOptions) -> Connection:
@@ -49,6 +49,7 @@ __all__ = [
     "Forward",
     "OpenSshConnection",
     "PipeChannel",
+    "RemoteForward",
     "ResolvedHost",
     "SshConnection",
     "connect",

@@ -4,6 +4,7 @@
 # Life cycle: bootstrap.py calls serve(); we bind 127.0.0.1 on an ephemeral port, print READY, then live as long
 # as the SSH channel that started us: EOF on stdin, a "STOP" line, or no heartbeat for `liveness` seconds stops
 # the server, kills our process group (what the servicer started) and removes the session directory.
+import collections
 import importlib
 import logging
 import os
@@ -296,18 +297,137 @@ def _reply(call_id, code, details, tb=b"", payload=b""):
     return b"".join((head, details_bytes, tb, payload))
 
 
+_async_loop = None
+_async_lock = threading.Lock()
+
+
+def _loop():
+    """The event loop that runs the servicer's ``async def`` methods, on a thread of its own (made on first use:
+    asyncio is imported only by servicers that need it)."""
+    global _async_loop
+    with _async_lock:
+        if _async_loop is None:
+            import asyncio
+
+            _async_loop = asyncio.new_event_loop()
+            threading.Thread(target=_async_loop.run_forever, name="servicer-asyncio", daemon=True).start()
+        return _async_loop
+
+
+def _await(coro, context):
+    """Run ``coro`` on the servicer's loop and wait for it; the RPC ending (deadline, cancel) cancels it."""
+    import asyncio
+
+    future = asyncio.run_coroutine_threadsafe(coro, _loop())
+    context.add_callback(future.cancel)
+    return future.result()
+
+
+class _AsyncRequests:
+    """A client stream's requests as an async iterator, read off the loop (the grpc iterator blocks)."""
+
+    def __init__(self, requests):
+        self._requests = requests
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        import asyncio
+
+        item = await asyncio.get_event_loop().run_in_executor(None, next, self._requests, _END)
+        if item is _END:
+            raise StopAsyncIteration
+        return item
+
+
+_END = object()
+
+
+def _limited(behavior, limit, streaming_reply):
+    """``behavior`` run only while it holds one of the ``limit`` worker slots (the agent's max_workers), waiting
+    for one no longer than the call's deadline."""
+
+    def acquire(context):
+        remaining = context.time_remaining()
+        if not limit.acquire(timeout=max(0.0, remaining) if remaining is not None else None):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "every servicer worker stayed busy past the deadline")
+
+    if streaming_reply:
+
+        def stream(request, context):
+            acquire(context)
+            try:
+                for reply in behavior(request, context):
+                    yield reply
+            finally:
+                limit.release()
+
+        return stream
+
+    def unary(request, context):
+        acquire(context)
+        try:
+            return behavior(request, context)
+        finally:
+            limit.release()
+
+    return unary
+
+
+def _adapt(handler, limit):
+    """``handler`` as grpc's thread pool can call it: a blocking servicer method runs on the pool, holding one of
+    the agent's ``max_workers`` slots (``limit``); an ``async def`` one (or an async generator) runs on the
+    servicer's one event loop, so it needs no slot."""
+    import inspect
+
+    if handler is None:
+        return handler
+    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+        behavior = getattr(handler, kind, None)
+        if behavior is None:
+            continue
+        streaming_request = kind.startswith("stream")
+        if inspect.iscoroutinefunction(behavior):
+
+            def unary(request, context, _fn=behavior, _stream=streaming_request):
+                return _await(_fn(_AsyncRequests(request) if _stream else request, context), context)
+
+            return handler._replace(**{kind: unary})
+        if inspect.isasyncgenfunction(behavior):
+
+            def stream(request, context, _fn=behavior, _stream=streaming_request):
+                agen = _fn(_AsyncRequests(request) if _stream else request, context)
+                while True:
+                    try:
+                        yield _await(agen.__anext__(), context)
+                    except StopAsyncIteration:
+                        return
+
+            return handler._replace(**{kind: stream})
+        return handler._replace(**{kind: _limited(behavior, limit, kind.endswith("stream"))})
+    return handler
+
+
 class _Registrar:
     """Stands in for the server in AddServicer(): registers with the server and keeps the handlers for Calls."""
 
-    def __init__(self, server, calls):
+    def __init__(self, server, calls, workers):
         self._server = server
         self._calls = calls
+        self._limit = threading.BoundedSemaphore(workers)  # blocking servicer code running at once
 
     def add_generic_rpc_handlers(self, handlers):
+        for handler in handlers:
+            table = getattr(handler, "_method_handlers", None)  # grpc.method_handlers_generic_handler's
+            if isinstance(table, dict):
+                for name, method_handler in list(table.items()):
+                    table[name] = _adapt(method_handler, self._limit)
         self._calls.add_generic_rpc_handlers(handlers)
         self._server.add_generic_rpc_handlers(handlers)
 
     def add_registered_method_handlers(self, service, handlers):
+        handlers = dict((name, _adapt(h, self._limit)) for name, h in handlers.items())
         self._calls.add_registered_method_handlers(service, handlers)
         register = getattr(self._server, "add_registered_method_handlers", None)
         if register is not None:  # grpcio < 1.63 has none: the generic handler added before serves the calls
@@ -431,6 +551,80 @@ def use_compat_gencode(agent_dir, facts):
     return True
 
 
+class _Token(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds this host's controller secret to every call of the controller stub."""
+
+    def __init__(self, secret):
+        self._metadata = ((TOKEN_KEY, secret),)
+
+    def _details(self, details):
+        metadata = tuple(details.metadata or ()) + self._metadata
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+def _takes_controller(add_servicer):
+    """Whether AddServicer has a second parameter (templates since two-way calls: AddServicer(server, controller))."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(add_servicer).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(parameters) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+
+
+def controller_stub(spec):
+    """The stub of the controller's service (the proto's <Service>Controller) that AddServicer(server, controller)
+    gets, or None. It dials the port the controller forwarded back to this host (ssh -R) and sends this host's
+    secret with every call, which the controller checks."""
+    if not spec:
+        return None
+    module_name, _, class_name = spec["stub"].rpartition(".")
+    stub_class = getattr(importlib.import_module(module_name), class_name)
+    channel = grpc.insecure_channel(
+        "127.0.0.1:%d" % int(spec["port"]),
+        options=[
+            ("grpc.max_receive_message_length", 256 << 20),
+            ("grpc.max_send_message_length", 256 << 20),
+            ("grpc.enable_http_proxy", 0),
+        ],
+    )
+    return stub_class(grpc.intercept_channel(channel, _Token(spec["secret"])))
+
+
 def serve(config, facts, session_dir, stdin, emit):
     if os.getpgid(0) != os.getpid():
         try:
@@ -447,7 +641,8 @@ def serve(config, facts, session_dir, stdin, emit):
     session = Session(config, session_dir, stdin)
     try:
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=int(config.get("workers", 64)), thread_name_prefix="rpc"),
+            # max_workers for the servicer's blocking code, plus room for idle call streams (each holds a thread)
+            futures.ThreadPoolExecutor(max_workers=int(config.get("workers", 64)) + 8, thread_name_prefix="rpc"),
             interceptors=(AuthInterceptor(config["secret"]),),
             options=[
                 ("grpc.max_receive_message_length", 256 << 20),
@@ -461,10 +656,14 @@ def serve(config, facts, session_dir, stdin, emit):
         facts = dict(facts, grpcio=grpc.__version__, protobuf=google.protobuf.__version__)
         facts["compat_gencode"] = use_compat_gencode(os.path.dirname(os.path.abspath(__file__)), facts)
         calls = Calls()
-        registrar = _Registrar(server, calls)
+        registrar = _Registrar(server, calls, int(config.get("workers", 64)))
+        controller = controller_stub(config.get("controller"))
         for name in config["servicers"]:
             module = importlib.import_module(name)
-            module.AddServicer(registrar)
+            if controller is not None and _takes_controller(module.AddServicer):
+                module.AddServicer(registrar, controller)
+            else:
+                module.AddServicer(registrar)
             session.modules.append(module)
         server.add_generic_rpc_handlers(
             (

@@ -154,3 +154,28 @@ def test_bidi_broadcast_tags_each_host_and_an_early_break_cancels(testbed, flow_
         reading = next(sent)
         time.sleep(0.5)
         assert next(sent) - reading <= 2  # the request reader stopped too
+
+
+def test_async_servicer_methods_and_the_worker_pool_size(testbed, flow_class):
+    hosts = names(testbed, 2)
+    marker = f"n{uuid.uuid4().hex[:8]}"
+    with flow_class(hosts, ssh_options=testbed.ssh_options(), max_workers=2) as agent:
+        replies = agent.Nap(seconds=0.1, marker=marker)
+        assert replies.success() and {r.comment for r in replies.values()} == {"napped on the event loop"}
+        counted: dict[str, list[int]] = {h: [] for h in hosts}
+        for host, num in agent.Countdown(seconds=3, marker=marker):
+            counted[host].append(num.value)
+        assert counted == {h: [3, 2, 1] for h in hosts}
+        # a cancelled async call is cancelled on the servicer's loop too
+        future = agent.Nap.future(seconds=120, marker=marker)
+        assert wait_for(lambda: markers(testbed, hosts, marker) == {h: 1 for h in hosts})
+        future.cancel()
+        assert wait_for(lambda: markers(testbed, hosts, marker) == {h: 0 for h in hosts}, timeout=15)
+        # max_workers=2: three blocking calls at once, but only two run on each host at a time
+        works = [agent.Work.future(seconds=2, marker=marker) for _ in range(3)]
+        assert wait_for(lambda: markers(testbed, hosts, marker) == {h: 2 for h in hosts})
+        seen = []
+        while not all(w.done() for w in works):
+            seen.append(max(markers(testbed, hosts, marker).values()))
+        assert max(seen) <= 2
+        assert all(w.result().success() for w in works)

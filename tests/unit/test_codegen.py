@@ -396,7 +396,10 @@ def test_servicer_template_unpacks_request_fields(kitchen: Path) -> None:
     assert '        from_ = getattr(request, "from")\n' in text
     assert "        for request in request_iterator:\n            d = request.d\n" in text
     assert "log = logging.getLogger(__name__)" in text
-    assert "def AddServicer(server):\n    pb_grpc.add_KitchenServicer_to_server(KitchenServicer(), server)" in text
+    assert (
+        "def AddServicer(server, controller=None):\n    pb_grpc.add_KitchenServicer_to_server(KitchenServicer(controller), server)"
+        in text
+    )
 
 
 def test_host_side_code_parses_as_the_oldest_host_python(kitchen: Path) -> None:
@@ -459,11 +462,15 @@ def _write(path: Path, text: str) -> Path:
     ("file_name", "text", "expected"),
     [
         ("bad.proto", 'syntax = "proto3";\nmessage A { int32 a = 1 }\n', r"bad\.proto:2:\d+: Expected \";\""),
-        ("none.proto", 'syntax = "proto3";\nmessage A {}\n', r"exactly one service \(found: none\)"),
+        (
+            "none.proto",
+            'syntax = "proto3";\nmessage A {}\n',
+            r"must define one service, and optionally a second one named after it .*\(found: none\)",
+        ),
         (
             "two.proto",
             'syntax = "proto3";\nmessage A {}\nservice X { rpc F(A) returns (A); }\nservice Y {}\n',
-            r"exactly one service \(found: X, Y\)",
+            r"must define one service.*'Controller' appended.*\(found: X, Y\)",
         ),
         ("my-agent.proto", 'syntax = "proto3";\n', r"must be a Python identifier.*my_agent\.proto"),
         (

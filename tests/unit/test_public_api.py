@@ -25,6 +25,7 @@ EXPECTED = {
     "Timeouts",
     "UsageError",
     "__version__",
+    "calling_host",
     "errors",
     "load_agent",
     "load_hosts",

@@ -20,7 +20,7 @@ def AddServicer(server):
 
 class FlowAgentServicer(pb_grpc.FlowAgentServicer):
     def Work(self, request, context):
-        path = "/tmp/%s-%d-%d" % (request.marker, os.getpid(), next(_counter))
+        path = "/tmp/{}-{}-{}".format(request.marker, os.getpid(), next(_counter))
         with open(path, "w"):
             pass
         ended = threading.Event()
@@ -44,9 +44,27 @@ class FlowAgentServicer(pb_grpc.FlowAgentServicer):
         try:
             for num in request_iterator:
                 if path is None and num.marker:
-                    path = "/tmp/%s-%d-%d" % (num.marker, os.getpid(), next(_counter))
+                    path = "/tmp/{}-{}-{}".format(num.marker, os.getpid(), next(_counter))
                     open(path, "w").close()
                 yield pb.Num(value=num.value * 10, host=host)
         finally:
             if path is not None:
                 os.unlink(path)
+
+    async def Nap(self, request, context):
+        import asyncio
+
+        path = "/tmp/{}-{}-{}".format(request.marker, os.getpid(), next(_counter))
+        open(path, "w").close()
+        try:
+            await asyncio.sleep(request.seconds)
+        finally:
+            os.unlink(path)
+        return pb.Reply(success=True, comment="napped on the event loop")
+
+    async def Countdown(self, request, context):
+        import asyncio
+
+        for value in range(int(request.seconds), 0, -1):
+            await asyncio.sleep(0)
+            yield pb.Num(value=value, host=socket.gethostname())
