@@ -397,8 +397,8 @@ def test_servicer_template_unpacks_request_fields(kitchen: Path) -> None:
     assert "        for request in request_iterator:\n            d = request.d\n" in text
     assert "log = logging.getLogger(__name__)" in text
     assert (
-        "def AddServicer(server, controller=None):\n    pb_grpc.add_KitchenServicer_to_server(KitchenServicer(controller), server)"
-        in text
+        "def AddServicer(server, controller=None):\n"
+        "    pb_grpc.add_KitchenServicer_to_server(KitchenServicer(controller), server)" in text
     )
 
 
