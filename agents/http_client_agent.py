@@ -38,6 +38,7 @@ class HttpClientAgent(sshfleet.Agent):
     _servicer_module = "http_client_agent_servicer"
     _module_file = __file__
     _exception = HttpClientAgentException
+    _controller_service = "http_client_agent.HttpClientAgentController"
 
     def Configure(
         self,

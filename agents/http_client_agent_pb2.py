@@ -25,23 +25,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17http_client_agent.proto\x12\x11http_client_agent\",\n\x08Response\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"\x97\x01\n\nConfigArgs\x12\r\n\x05sizes\x18\x01 \x01(\t\x12\x12\n\nrate_limit\x18\x02 \x01(\x05\x12\x11\n\tuse_socks\x18\x03 \x01(\x08\x12\x14\n\x0csocks_server\x18\x04 \x01(\t\x12\x12\n\nsocks_port\x18\x05 \x01(\x05\x12\x15\n\rsocks_version\x18\x06 \x01(\x05\x12\x12\n\nlocal_port\x18\x07 \x01(\x05\"#\n\x10StartTrafficArgs\x12\x0f\n\x07servers\x18\x01 \x03(\t\"\x11\n\x0fStopTrafficArgs\"%\n\x11\x43hangeTrafficArgs\x12\x10\n\x08stepsize\x18\x01 \x01(\x05\x32\xd8\x02\n\x0fHttpClientAgent\x12I\n\tConfigure\x12\x1d.http_client_agent.ConfigArgs\x1a\x1b.http_client_agent.Response\"\x00\x12R\n\x0cStartTraffic\x12#.http_client_agent.StartTrafficArgs\x1a\x1b.http_client_agent.Response\"\x00\x12P\n\x0bStopTraffic\x12\".http_client_agent.StopTrafficArgs\x1a\x1b.http_client_agent.Response\"\x00\x12T\n\rChangeTraffic\x12$.http_client_agent.ChangeTrafficArgs\x1a\x1b.http_client_agent.Response\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17http_client_agent.proto\x12\x11http_client_agent\"k\n\rTrafficReport\x12\x10\n\x08requests\x18\x01 \x01(\x03\x12\n\n\x02ok\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12\r\n\x05\x62ytes\x18\x04 \x01(\x03\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x0c\n\x04rate\x18\x06 \x01(\x01\"\x05\n\x03\x41\x63k\",\n\x08Response\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"\x97\x01\n\nConfigArgs\x12\r\n\x05sizes\x18\x01 \x01(\t\x12\x12\n\nrate_limit\x18\x02 \x01(\x05\x12\x11\n\tuse_socks\x18\x03 \x01(\x08\x12\x14\n\x0csocks_server\x18\x04 \x01(\t\x12\x12\n\nsocks_port\x18\x05 \x01(\x05\x12\x15\n\rsocks_version\x18\x06 \x01(\x05\x12\x12\n\nlocal_port\x18\x07 \x01(\x05\"#\n\x10StartTrafficArgs\x12\x0f\n\x07servers\x18\x01 \x03(\t\"\x11\n\x0fStopTrafficArgs\"%\n\x11\x43hangeTrafficArgs\x12\x10\n\x08stepsize\x18\x01 \x01(\x05\x32\xd8\x02\n\x0fHttpClientAgent\x12I\n\tConfigure\x12\x1d.http_client_agent.ConfigArgs\x1a\x1b.http_client_agent.Response\"\x00\x12R\n\x0cStartTraffic\x12#.http_client_agent.StartTrafficArgs\x1a\x1b.http_client_agent.Response\"\x00\x12P\n\x0bStopTraffic\x12\".http_client_agent.StopTrafficArgs\x1a\x1b.http_client_agent.Response\"\x00\x12T\n\rChangeTraffic\x12$.http_client_agent.ChangeTrafficArgs\x1a\x1b.http_client_agent.Response\"\x00\x32\x61\n\x19HttpClientAgentController\x12\x44\n\x06Report\x12 .http_client_agent.TrafficReport\x1a\x16.http_client_agent.Ack\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'http_client_agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESPONSE']._serialized_start=46
-  _globals['_RESPONSE']._serialized_end=90
-  _globals['_CONFIGARGS']._serialized_start=93
-  _globals['_CONFIGARGS']._serialized_end=244
-  _globals['_STARTTRAFFICARGS']._serialized_start=246
-  _globals['_STARTTRAFFICARGS']._serialized_end=281
-  _globals['_STOPTRAFFICARGS']._serialized_start=283
-  _globals['_STOPTRAFFICARGS']._serialized_end=300
-  _globals['_CHANGETRAFFICARGS']._serialized_start=302
-  _globals['_CHANGETRAFFICARGS']._serialized_end=339
-  _globals['_HTTPCLIENTAGENT']._serialized_start=342
-  _globals['_HTTPCLIENTAGENT']._serialized_end=686
+  _globals['_TRAFFICREPORT']._serialized_start=46
+  _globals['_TRAFFICREPORT']._serialized_end=153
+  _globals['_ACK']._serialized_start=155
+  _globals['_ACK']._serialized_end=160
+  _globals['_RESPONSE']._serialized_start=162
+  _globals['_RESPONSE']._serialized_end=206
+  _globals['_CONFIGARGS']._serialized_start=209
+  _globals['_CONFIGARGS']._serialized_end=360
+  _globals['_STARTTRAFFICARGS']._serialized_start=362
+  _globals['_STARTTRAFFICARGS']._serialized_end=397
+  _globals['_STOPTRAFFICARGS']._serialized_start=399
+  _globals['_STOPTRAFFICARGS']._serialized_end=416
+  _globals['_CHANGETRAFFICARGS']._serialized_start=418
+  _globals['_CHANGETRAFFICARGS']._serialized_end=455
+  _globals['_HTTPCLIENTAGENT']._serialized_start=458
+  _globals['_HTTPCLIENTAGENT']._serialized_end=802
+  _globals['_HTTPCLIENTAGENTCONTROLLER']._serialized_start=804
+  _globals['_HTTPCLIENTAGENTCONTROLLER']._serialized_end=901
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TrafficReport(_message.Message):
+    __slots__ = ("requests", "ok", "failed", "bytes", "seconds", "rate")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    requests: int
+    ok: int
+    failed: int
+    bytes: int
+    seconds: float
+    rate: float
+    def __init__(self, requests: _Optional[int] = ..., ok: _Optional[int] = ..., failed: _Optional[int] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., rate: _Optional[float] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Response(_message.Message):
     __slots__ = ("success", "comment")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]

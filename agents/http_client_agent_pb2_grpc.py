@@ -235,3 +235,82 @@ class HttpClientAgent:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class HttpClientAgentControllerStub:
+    """Served by the controller when the agent is given controller=: while traffic runs, each host reports its counts
+    every second.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Report = channel.unary_unary(
+                '/http_client_agent.HttpClientAgentController/Report',
+                request_serializer=http__client__agent__pb2.TrafficReport.SerializeToString,
+                response_deserializer=http__client__agent__pb2.Ack.FromString,
+                _registered_method=True)
+
+
+class HttpClientAgentControllerServicer:
+    """Served by the controller when the agent is given controller=: while traffic runs, each host reports its counts
+    every second.
+    """
+
+    def Report(self, request, context):
+        """Counts so far of the traffic running on the calling host.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_HttpClientAgentControllerServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Report': grpc.unary_unary_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=http__client__agent__pb2.TrafficReport.FromString,
+                    response_serializer=http__client__agent__pb2.Ack.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'http_client_agent.HttpClientAgentController', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('http_client_agent.HttpClientAgentController', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class HttpClientAgentController:
+    """Served by the controller when the agent is given controller=: while traffic runs, each host reports its counts
+    every second.
+    """
+
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/http_client_agent.HttpClientAgentController/Report',
+            http__client__agent__pb2.TrafficReport.SerializeToString,
+            http__client__agent__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -31,13 +31,14 @@ DEFAULT_HTTP_PORT = 8080
 DEFAULT_SOCKS_PORT = 1080
 REQUEST_TIMEOUT = 10.0  # connect, and each read, of one request
 MAX_IN_FLIGHT = 16  # concurrent requests; a due request is skipped (and counted) when all are busy
+REPORT_EVERY = 1.0  # seconds between reports to the controller while traffic runs (when it asked for them)
 CONFIGURE_SAMPLES = 10  # evaluations of `sizes` that Configure tries before accepting it
 
 _servicers = []  # for Shutdown()
 
 
-def AddServicer(server):
-    servicer = HttpClientAgentServicer()
+def AddServicer(server, controller=None):
+    servicer = HttpClientAgentServicer(controller)
     _servicers.append(servicer)
     pb_grpc.add_HttpClientAgentServicer_to_server(servicer, server)
 
@@ -435,8 +436,9 @@ def fetch(config, host, port, size):
 class Traffic:
     """A scheduler thread that starts one request every 1/rate seconds, round robin over the servers."""
 
-    def __init__(self, config, servers, rng):
+    def __init__(self, config, servers, rng, controller=None):
         self.config = config
+        self.controller = controller
         self.servers = servers
         self.rng = rng
         self.rate = config.rate
@@ -451,6 +453,29 @@ class Traffic:
         self._due = time.monotonic()
         self._thread = threading.Thread(target=self._schedule, name="http-traffic", daemon=True)
         self._thread.start()
+        if controller is not None:
+            threading.Thread(target=self._report, name="http-report", daemon=True).start()
+
+    def _report(self):
+        """Every REPORT_EVERY seconds while traffic runs, send the counts to the controller, from this thread of
+        its own: a slow controller delays the next report, never the traffic."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stopping, REPORT_EVERY)
+                if self._stopping:
+                    return
+                report = pb.TrafficReport(
+                    requests=self.requests,
+                    ok=self.ok,
+                    failed=self.failed,
+                    bytes=self.bytes,
+                    seconds=time.monotonic() - self.started,
+                    rate=self.rate,
+                )
+            try:
+                self.controller.Report(report, timeout=10, wait_for_ready=True)
+            except Exception as exc:  # the controller going away must not stop the traffic
+                log.debug("report to the controller failed: %s", exc)
 
     def _schedule(self):
         with self._cond:
@@ -532,8 +557,10 @@ class Traffic:
 class HttpClientAgentServicer(pb_grpc.HttpClientAgentServicer):
     """Implements http_client_agent.HttpClientAgent on the host; one instance serves every call."""
 
-    def __init__(self):
+    def __init__(self, controller=None):
         super().__init__()
+        # A ready pb_grpc.HttpClientAgentControllerStub when the agent was given controller=, else None.
+        self.controller = controller
         self._lock = threading.Lock()
         self._rng = random.Random(os.urandom(16))
         self._config = Config()
@@ -573,7 +600,7 @@ class HttpClientAgentServicer(pb_grpc.HttpClientAgentServicer):
                         socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
                     except OSError as exc:
                         return _fail(f"cannot resolve server {host}: {exc}")
-            self._traffic = Traffic(self._config, servers, self._rng)
+            self._traffic = Traffic(self._config, servers, self._rng, self.controller)
             names = ", ".join(f"{host}:{port}" for host, port in servers)
             return _ok(f"sending {self._config.rate:g} requests/s to {names}")
 

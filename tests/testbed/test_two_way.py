@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -152,3 +153,26 @@ def test_controller_must_match_the_proto(testbed, report_class):
         # without controller=, the servicer gets no stub and says so
         agent = report_class(fleet)
         assert agent.Run(count=1)[testbed.hosts[0].name].comment == "no controller stub"
+
+
+def test_http_clients_report_their_traffic_to_the_controller_live(testbed):
+    """The built-in example: examples/live_reports.py prints each client's report as it arrives."""
+    repo = Path(__file__).resolve().parents[2]
+    server, *clients = testbed.hosts[:3]
+    args = ["-i", str(testbed.inventory), "-F", str(testbed.ssh_config), "--servers", server.name]
+    args += ["--clients", ":".join(c.name for c in clients), "--seconds", "3"]
+    result = subprocess.run(
+        [sys.executable, str(repo / "examples" / "live_reports.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=repo,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for client in clients:
+        lines = [line for line in result.stdout.splitlines() if line.strip().startswith(f"[{client.name}]")]
+        assert len(lines) >= 2, result.stdout  # one a second, while 3 s of traffic ran
+        counts = [int(line.split("s ", 1)[1].split()[0]) for line in lines]
+        assert counts == sorted(counts) and counts[-1] > 0  # live and growing
+    assert f"from {len(clients)} of {len(clients)} clients" in result.stdout
