@@ -106,9 +106,9 @@ class Matcher:
             return self._enumerate(term)[0]
         m = _SUBSCRIPT_RE.match(term)
         if m is not None:
-            subscripted, _ = self._enumerate(m.group(1))
-            if subscripted:
-                return self._subscript(subscripted, m, term)
+            subscripted, named = self._enumerate(m.group(1))
+            if named:
+                return self._subscript(subscripted, m, term) if subscripted else []
         if "[" in term or "]" in term:
             try:
                 pieces = expand_hostrange(term)
