@@ -101,8 +101,8 @@ def parse_ini(text: str, builder: Builder) -> None:
                     builder.group_vars(group, lineno)
                 else:
                     builder.declare_group(group, lineno)
-                    for parent, line in pending.pop(group, []):
-                        builder.add_child(parent, group, line)
+                    for parent, named_at in pending.pop(group, []):
+                        builder.add_child(parent, group, named_at)
                 continue
             if _TRAILING_COMMENT_RE.sub("", line).endswith("]") and "[" not in line[1:]:
                 raise builder.error(
@@ -124,5 +124,5 @@ def parse_ini(text: str, builder: Builder) -> None:
             key, value = _var_line(line, builder, lineno)
             builder.group_vars(group, lineno)[key] = VarValue(value, builder.path, lineno)
     for child, parents in pending.items():
-        for parent, line in parents:
-            builder.add_child(parent, child, line)  # never defined: check_declared names it
+        for parent, named_at in parents:
+            builder.add_child(parent, child, named_at)  # never defined: check_declared names it

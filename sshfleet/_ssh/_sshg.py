@@ -9,7 +9,8 @@ many hosts at once (256 hosts: 2.0 s one after the other, 1.1 s with ``prefetch`
 Python reading takes 0.13 s).
 
 Without the binary, ``emulate`` follows OpenSSH's readconf.c for the keywords sshfleet uses and prints the same
-shape of answer, so both ways feed one resolver; the differential suite holds them to ``ssh -G``'s answers.
+shape of answer, so both ways feed one resolver; the differential suite holds them to ``ssh -G``'s answers. It
+ignores keywords sshfleet does not use, where ssh refuses a misspelt one.
 paramiko's SSHConfig is not used: it has no ``Include``, keeps trailing comments in values and reads brackets as
 character classes.
 
@@ -157,7 +158,7 @@ def _run(query: Query, ssh: str) -> Answer:
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip() and "terminating," not in line]
         why = "; ".join(lines[:3]) or f"exit status {proc.returncode}"
-        raise UsageError(f"ssh_config {query.config}: {why}")
+        raise UsageError(f"ssh_config: {why}")  # ssh's own words name the file and the line
     answer: Answer = {}
     for line in proc.stdout.splitlines():
         key, _, value = line.partition(" ")
