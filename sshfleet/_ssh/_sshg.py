@@ -85,11 +85,32 @@ class Query:
         return [*argv, "--", self.host]
 
 
+_usable: dict[str, bool] = {}
+
+
 def ssh_binary() -> Optional[str]:
-    """The OpenSSH client to ask, or None to read the file in Python."""
+    """The OpenSSH client to ask, or None to read the file in Python: an ``ssh`` that cannot answer ``-G``
+    (OpenSSH before 6.8, another implementation) counts as absent."""
     if SSH_BINARY is not None:
         return SSH_BINARY or None
-    return shutil.which("ssh")
+    path = shutil.which("ssh")
+    if path is None:
+        return None
+    if path not in _usable:
+        try:
+            probe = subprocess.run(
+                [path, "-G", "-F", "none", "--", "sshfleet-probe"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=_QUERY_TIMEOUT,
+                check=False,
+            )
+            works = probe.returncode == 0 and "\nhostname sshfleet-probe\n" in "\n" + probe.stdout
+        except (OSError, subprocess.TimeoutExpired):
+            works = False
+        _usable[path] = works
+    return path if _usable[path] else None
 
 
 def _stamp(path: Optional[str]) -> object:

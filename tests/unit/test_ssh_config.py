@@ -458,3 +458,14 @@ def test_prefetch_fills_the_cache_for_many_hosts(home, tmp_path, monkeypatch):
     if not reader_is_python():
         assert [resolve(spec, opts(config)).user for spec in specs] == ["deploy"] * 20
         assert calls == []
+
+
+def test_an_ssh_without_dash_G_counts_as_absent(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "ssh"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'ssh: illegal option -- G' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(_sshg, "SSH_BINARY", None)
+    monkeypatch.setenv("PATH", str(fake.parent))
+    assert _sshg.ssh_binary() is None
+    assert resolve(HostSpec("a"), opts()).hostname == "a"  # read in Python instead
