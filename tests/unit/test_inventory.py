@@ -681,3 +681,81 @@ def test_any_text_loads_or_raises_inventory_error(
         assert str(exc).startswith(f"{path}:")
     else:
         assert set(inv.groups["all"].hosts) == set(inv.hosts)
+
+
+# --- Ansible's precedence, aliases and order (issue 13; tests/differential checks the same against Ansible) ----
+
+
+def test_group_priority_orders_groups_of_the_same_depth(tmp_path: Path) -> None:
+    inv = load(
+        tmp_path,
+        "i.ini",
+        """
+        [a]
+        h
+        [b]
+        h
+        [a:vars]
+        ansible_group_priority=10
+        v=a
+        [b:vars]
+        v=b
+        """,
+    )
+    assert inv.hosts["h"].vars["v"] == "a"  # a has the higher priority: merged later, so it wins over b
+    assert "ansible_group_priority" not in inv.hosts["h"].vars
+    assert "ansible_group_priority" not in inv.groups["a"].vars
+
+
+def test_group_priority_never_beats_depth(tmp_path: Path) -> None:
+    inv = load(
+        tmp_path,
+        "i.ini",
+        "[p:children]\nc\n[p:vars]\nansible_group_priority=99\nv=p\n[c]\nh\n[c:vars]\nv=c\n",
+    )
+    assert inv.hosts["h"].vars["v"] == "c"
+
+
+def test_a_bad_group_priority_names_its_line(tmp_path: Path) -> None:
+    exc = error_of(tmp_path, "i.ini", "[a]\nh\n[a:vars]\nansible_group_priority=high\n")
+    assert ":4:" in str(exc) and "not an integer" in str(exc)
+
+
+def test_ssh_aliases_win_even_from_a_group(tmp_path: Path) -> None:
+    inv = load(
+        tmp_path,
+        "i.ini",
+        "[g]\nh ansible_user=mine ansible_host=10.0.0.1 ansible_port=2201\n"
+        "[g:vars]\nansible_ssh_user=grp\nansible_ssh_host=10.9.9.9\nansible_ssh_port=2299\n",
+    )
+    spec = inv.hosts["h"]
+    assert (spec.user, spec.hostname, spec.port) == ("grp", "10.9.9.9", 2299)
+
+
+def test_yaml_ungrouped_and_hosts_under_all(tmp_path: Path) -> None:
+    inv = load(
+        tmp_path,
+        "i.yml",
+        """
+        all:
+          hosts:
+            a1:
+          children:
+            ungrouped:
+              hosts:
+                u1:
+                u2:
+            g:
+              hosts:
+                u2:
+        """,
+    )
+    assert inv.groups["ungrouped"].hosts == ("u1", "a1")  # u2 is in g, so not ungrouped
+    assert [s.name for s in inv.select("ungrouped")] == ["u1", "a1"]
+
+
+def test_a_child_defined_later_joins_when_its_section_appears(tmp_path: Path) -> None:
+    inv = load(tmp_path, "i.ini", "[top:children]\nlate\nearly\n[early]\ne1\n[late]\nl1\n")
+    assert inv.groups["top"].children == ("early", "late")
+    assert inv.groups["top"].hosts == ("e1", "l1")
+    assert [s.name for s in inv.select("top[0]")] == ["e1"]
