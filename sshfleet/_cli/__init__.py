@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sshfleet",
         description="Run gRPC agents and commands on a fleet of hosts over SSH, nothing pre-installed.",
     )
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -40,12 +41,30 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    # -v after the subcommand too (`sshfleet run -v ...`), as ssh, clush and ansible take it anywhere; its own
+    # dest, because a subcommand's parser starts from a fresh namespace: main() adds both counts.
+    for subparser in sub.choices.values():
+        subparser.add_argument(
+            "-v", "--verbose", dest="verbose_after", action="count", default=0, help="more logging (-vv for debug)"
+        )
     return parser
+
+
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's when installed from this tree)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as distribution_version
+
+    try:
+        return distribution_version("sshfleet")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.verbose += args.verbose_after
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
