@@ -18,7 +18,7 @@ import threading
 import tty
 from typing import Any, NoReturn
 
-from sshfleet._cli._output import HostResult, classify
+from sshfleet._cli._output import HostResult
 
 
 def window_size(fd: int) -> tuple[int, int]:
@@ -107,4 +107,6 @@ def run_interactive(agent: Any, args: argparse.Namespace) -> list[HostResult]:
             signal.signal(signum, handler)
         if not stream.done:
             stream.cancel()
-    return [classify(host, outcome)]
+    from sshfleet._cli.run import classify_host
+
+    return [classify_host(host, outcome)]

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from sshfleet._cli import EXIT_USAGE
-from sshfleet._cli._common import add_connection_options, options_from_args, positive_float
+from sshfleet._cli._common import add_connection_options, add_host_options, options_from_args, positive_float
 from sshfleet.errors import SshFleetError, UsageError
 
 DESCRIPTION = """\
@@ -52,10 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         usage="%(prog)s [-i INVENTORY [PATTERN] | -H HOSTS] AGENT Method [field=value ...] [options]",
     )
     where = parser.add_argument_group("hosts")
-    where.add_argument("-i", "--inventory", metavar="INVENTORY", help="inventory file (Ansible INI/YAML, plain)")
-    where.add_argument(
-        "-H", "--hosts", metavar="HOSTS", help="comma-separated hosts, ranges allowed: node[01-04],admin@r1:2222"
-    )
+    add_host_options(where, pattern=False)
     parser.add_argument("words", nargs="*", metavar="[PATTERN] AGENT Method [field=value]", help=argparse.SUPPRESS)
     what = parser.add_argument_group("call")
     what.add_argument("--json", action="store_true", help="print {host: {ok, status, reply | error}} as JSON")
@@ -72,9 +69,9 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any, dict[str, object], lis
     """Everything checked before the network: hosts, agent class, method, fields. Raises SshFleetError."""
     from google.protobuf import message_factory
 
+    from sshfleet._cli._common import select_hosts
     from sshfleet._cli._shell_agents import method_of, resolve_agent
     from sshfleet._cli._shell_parse import parse_fields, split_call_words
-    from sshfleet._cli.run import select_hosts
     from sshfleet._messages import build_request
 
     words = split_call_words(args.words, with_inventory=bool(args.inventory))

@@ -16,7 +16,13 @@ import time
 from typing import Any, Optional
 
 from sshfleet._cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
-from sshfleet._cli._common import add_connection_options, options_from_args, positive_float
+from sshfleet._cli._common import (
+    add_connection_options,
+    add_host_options,
+    cli_text,
+    options_from_args,
+    positive_float,
+)
 from sshfleet.errors import ConnectError, HostError, UsageError
 
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -70,10 +76,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             usage=f"%(prog)s [-i INVENTORY [PATTERN] | -H HOSTS] [options] {words}",
         )
         where = parser.add_argument_group("hosts")
-        where.add_argument("-i", "--inventory", metavar="INVENTORY", help="inventory file (Ansible INI/YAML, plain)")
-        where.add_argument(
-            "-H", "--hosts", metavar="HOSTS", help="comma-separated hosts, ranges allowed: node[01-04],admin@r1:2222"
-        )
+        add_host_options(where, pattern=False)
         parser.add_argument("words", nargs="+", metavar="[PATTERN] " + words, help=argparse.SUPPRESS)
         what = parser.add_argument_group("transfer")
         if name == "put":
@@ -121,7 +124,7 @@ def split_words(args: argparse.Namespace) -> tuple[Optional[str], str, str]:
 
 def _describe(outcome: Any) -> str:
     if isinstance(outcome, HostError):
-        return outcome.message
+        return cli_text(outcome.message)
     seconds = max(outcome.seconds, 1e-6)
     files = f"{outcome.files} file{'s' if outcome.files != 1 else ''}"
     text = f"{files}, {_size(outcome.bytes)} in {outcome.seconds:.2f}s ({_size(outcome.bytes / seconds)}/s)"
@@ -190,7 +193,7 @@ def _is_tty(stream: Any) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sshfleet._cli.run import select_hosts
+    from sshfleet._cli._common import select_hosts
     from sshfleet._fleet import Fleet
 
     command = args.files_command

@@ -1,8 +1,9 @@
-"""``sshfleet ping -i INVENTORY [PATTERN]``: can every host be reached and logged into?
+"""``sshfleet ping [-i INVENTORY [PATTERN] | -H HOSTS]``: can every host be reached and logged into?
 
 Connects (TCP, SSH handshake, host key, authentication) to every host in parallel and reports per host:
 ok with the time it took, or why not (unreachable / auth failed / host key rejected) and in which phase.
-Exit status 0 only when every host is ok, else EXIT_UNREACHABLE.
+Exit status 0 only when every host is ok, else EXIT_UNREACHABLE. ``ping --accept-new`` is also the first
+contact with new hosts: it records their keys, which every later command then checks.
 """
 
 from __future__ import annotations
@@ -15,8 +16,19 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from sshfleet._cli import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
-from sshfleet._cli._common import add_connection_options, options_from_args
-from sshfleet.errors import ConnectError, HostError, UsageError
+from sshfleet._cli._common import (
+    add_connection_options,
+    add_host_options,
+    check_ssh_options,
+    cli_text,
+    first_contact_hint,
+    is_unknown,
+    options_from_args,
+    print_host_list,
+    say,
+    select_hosts,
+)
+from sshfleet.errors import ConnectError, HostError, SshFleetError
 
 LABELS = {
     "ok": "ok",
@@ -32,15 +44,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "ping",
         help="check that every host can be reached and logged into over SSH",
         description=(
-            "Connect to every host of the inventory (or those matching PATTERN) in parallel and report, per "
-            "host, ok with the time the connect took, or why it failed: unreachable, auth failed, host key "
-            "rejected. Exit status 0 when all hosts are ok, 3 otherwise."
+            "Connect to every host of the inventory that matches PATTERN (or to the hosts given with -H) in "
+            "parallel and report, per host, ok with the time the connect took, or why it failed: unreachable, "
+            "auth failed, host key rejected. Exit status 0 when all hosts are ok, 3 otherwise. New hosts: "
+            "ping --accept-new records their keys (first contact); later commands check them."
         ),
+        usage="%(prog)s [-i INVENTORY [PATTERN] | -H HOSTS] [-x HOSTS] [options]",
     )
-    parser.add_argument("-i", "--inventory", required=True, metavar="INVENTORY", help="inventory file")
-    parser.add_argument("pattern", nargs="?", default=None, metavar="PATTERN", help="group or host pattern")
+    where = parser.add_argument_group("hosts")
+    add_host_options(where, list_hosts=True)
     parser.add_argument("--json", action="store_true", help="print one JSON object {host: result}")
-    add_connection_options(parser, timeout_flag="--timeout", forks_help="connects in flight (default 64)")
+    ssh = parser.add_argument_group("connection")
+    add_connection_options(ssh, timeout_flag="--timeout", forks_help="connects in flight (default 64)")
     parser.set_defaults(func=run)
 
 
@@ -58,12 +73,8 @@ class Result:
 def ping(args: argparse.Namespace) -> dict[str, Result]:
     # Imported here so that `sshfleet --help` does not load paramiko.
     from sshfleet._fleet import Connected, Fleet
-    from sshfleet.inventory import load_hosts
 
-    specs = load_hosts(args.inventory, args.pattern)
-    if not specs:
-        where = f" matching {args.pattern!r}" if args.pattern else ""
-        raise UsageError(f"no hosts{where} in {args.inventory}")
+    specs = select_hosts(args)
     options = options_from_args(args)
     seconds: dict[str, float] = {}
 
@@ -78,7 +89,7 @@ def ping(args: argparse.Namespace) -> dict[str, Result]:
                 results[name] = Result("ok", outcome.detail, None, took)
             else:
                 phase = outcome.phase if isinstance(outcome, ConnectError) else None
-                results[name] = Result(_status(outcome), outcome.message, phase, took)
+                results[name] = Result(_status(outcome), cli_text(outcome.message), phase, took)
     return results
 
 
@@ -130,8 +141,12 @@ def print_rich(results: dict[str, Result], elapsed: float) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
+        check_ssh_options(args)
+        if args.list_hosts:
+            print_host_list(select_hosts(args, allow_empty=True))
+            return EXIT_OK
         results = ping(args)
-    except UsageError as exc:
+    except SshFleetError as exc:
         print(f"sshfleet ping: {exc}", file=sys.stderr)
         return EXIT_USAGE
     elapsed = time.monotonic() - started
@@ -141,4 +156,8 @@ def run(args: argparse.Namespace) -> int:
         print_rich(results, elapsed)
     else:
         print_plain(results, elapsed)
+    unknown = [name for name, r in results.items() if r.status == "hostkey_rejected" and is_unknown(r.message)]
+    hint = first_contact_hint(args, unknown)
+    if hint:
+        say("ping", hint)
     return EXIT_OK if all(r.status == "ok" for r in results.values()) else EXIT_UNREACHABLE

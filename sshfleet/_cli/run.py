@@ -12,15 +12,31 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from sshfleet._cli import EXIT_USAGE
-from sshfleet._cli._common import add_connection_options, options_from_args, positive_float
+from sshfleet._cli import EXIT_OK, EXIT_USAGE
+from sshfleet._cli._common import (
+    add_connection_options,
+    add_host_options,
+    check_ssh_options,
+    cli_text,
+    first_contact_hint,
+    is_unknown,
+    options_from_args,
+    positive_float,
+    print_host_list,
+)
+from sshfleet._cli._common import select_hosts as select_hosts  # call, shell and files take it from here too
+from sshfleet._cli._common import split_hosts as split_hosts
 from sshfleet._cli._output import (
+    ERROR_WORDS,
+    STATUS_WORDS,
+    STATUSES,
     STDERR,
     STDOUT,
     HostResult,
@@ -33,7 +49,7 @@ from sshfleet._cli._output import (
     to_json,
 )
 from sshfleet._options import HostSpec
-from sshfleet.errors import UsageError
+from sshfleet.errors import SshFleetError, UsageError
 
 # The exec agent lives in the top-level `agents` package (generated code, outside the strictly typed
 # sshfleet/): it is imported by name, and its objects are typed Any here.
@@ -72,19 +88,56 @@ examples:
 
 class _RunParser(argparse.ArgumentParser):
     """Everything after the first ``--`` is the command, verbatim: argparse would otherwise take the command's
-    first word for PATTERN and its dashes for our options."""
+    first word for PATTERN and its dashes for our options.
+
+    Without ``--`` (nor ``-c``), a command typed after the hosts (``run -H web1 uname -r``) would be misread,
+    its ``-r`` or ``-l`` taken for ours: the words from the command on are set aside, unparsed, and
+    ``check_command`` says where the ``--`` goes."""
 
     def parse_known_args(  # type: ignore[override]
         self, args: Optional[list[str]] = None, namespace: Optional[argparse.Namespace] = None
     ) -> tuple[argparse.Namespace, list[str]]:
         words = list(sys.argv[1:] if args is None else args)
         command: Optional[list[str]] = None
+        unmarked: Optional[int] = None
         if "--" in words:
             at = words.index("--")
             words, command = words[:at], words[at + 1 :]
-        parsed, extra = super().parse_known_args(words, namespace)
+        else:
+            unmarked = self._command_start(words)
+        parsed, extra = super().parse_known_args(words if unmarked is None else words[:unmarked], namespace)
         parsed.argv = command
+        parsed.unmarked_command = None
+        if unmarked is not None:
+            parsed.unmarked_command = (words[:unmarked], words[unmarked:])
         return parsed, extra
+
+    def _command_start(self, words: list[str]) -> Optional[int]:
+        """Where a command typed without ``--`` begins: the first positional word after PATTERN (after the
+        first positional word with -i, the first one without). None when there is none, or with -c."""
+        positional: list[int] = []
+        inventory = shell = False
+        i = 0
+        while i < len(words):
+            word = words[i]
+            if word.startswith("-") and len(word) > 1:
+                name, _, attached = word.partition("=") if word.startswith("--") else (word[:2], "", word[2:])
+                action = self._option_string_actions.get(name)
+                if action is None and word.startswith("--"):
+                    action = self._option_string_actions.get(word)
+                takes_value = action is not None and action.nargs != 0
+                if action is not None and action.dest == "inventory":
+                    inventory = True
+                if action is not None and action.dest == "shell":
+                    shell = True
+                i += 2 if takes_value and not attached else 1
+                continue
+            positional.append(i)
+            i += 1
+        wanted = 1 if inventory else 0
+        if shell or len(positional) <= wanted:
+            return None
+        return positional[wanted]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,11 +155,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     finally:
         subparsers._parser_class = previous
     where = parser.add_argument_group("hosts")
-    where.add_argument("-i", "--inventory", metavar="INVENTORY", help="inventory file (Ansible INI/YAML, plain)")
-    where.add_argument("pattern", nargs="?", default=None, metavar="PATTERN", help="group or host pattern")
-    where.add_argument(
-        "-H", "--hosts", metavar="HOSTS", help="comma-separated hosts, ranges allowed: node[01-04],admin@r1:2222"
-    )
+    add_host_options(where, list_hosts=True)
     what = parser.add_argument_group("command")
     what.add_argument("-c", "--shell", metavar="LINE", help="run LINE with /bin/sh -c instead of -- CMD ARGS")
     what.add_argument(
@@ -152,47 +201,68 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def split_hosts(text: str) -> list[str]:
-    """``a,node[01-03,07],b`` -> ``["a", "node[01-03,07]", "b"]``: commas inside brackets belong to ranges."""
-    items, depth, current = [], 0, ""
-    for ch in text:
-        depth += (ch == "[") - (ch == "]")
-        if ch == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += ch
-    items.append(current)
-    return [item.strip() for item in items if item.strip()]
-
-
-def select_hosts(args: argparse.Namespace) -> list[HostSpec]:
-    from sshfleet.inventory import load_hosts
-
-    if args.hosts and args.inventory:
-        raise UsageError("give -i INVENTORY [PATTERN] or -H HOSTS, not both")
-    if args.hosts:
-        if args.pattern:
-            raise UsageError(f"PATTERN {args.pattern!r} needs -i INVENTORY (with -H, list the hosts themselves)")
-        specs = load_hosts(split_hosts(args.hosts))
-    elif args.inventory:
-        specs = load_hosts(args.inventory, args.pattern)
-    else:
-        raise UsageError("which hosts? give -i INVENTORY [PATTERN] or -H host1,host2")
-    if not specs:
-        where = f" matching {args.pattern!r}" if args.pattern else ""
-        raise UsageError(f"no hosts{where} in {args.inventory or args.hosts}")
-    return specs
-
-
 def check_command(args: argparse.Namespace) -> None:
+    unmarked = getattr(args, "unmarked_command", None)
+    if unmarked is not None:
+        ours, command = unmarked
+        fix = shlex.join(["sshfleet", "run", *ours, "--", *command])
+        raise UsageError(f"the command goes after --, so that its words are not read as ours: {fix}")
     if args.shell is not None and args.argv is not None:
         raise UsageError("give the command after -- or with -c, not both")
     if args.shell is None and not args.argv:
-        hint = f" (is {args.pattern!r} the command? put it after --)" if args.pattern else ""
+        hint = ""
+        if args.pattern:
+            fix = shlex.join(["sshfleet", "run", "-i", args.inventory or "INVENTORY", "--", args.pattern])
+            hint = f" (is {args.pattern!r} the command? put it after --: {fix})"
         raise UsageError(f"no command: give -- CMD [ARGS...] or -c 'SHELL LINE'{hint}")
     if args.shell is not None and not args.shell.strip():
         raise UsageError("-c needs a non-empty command line")
+
+
+# Hosts refused at login are told apart from those not reached at all, in ping's words.
+REFUSED = {"auth_failed": "auth failed", "hostkey_rejected": "host key rejected"}
+
+
+def classify_host(host: str, outcome: Any) -> HostResult:
+    """``classify`` in the command line's words: refused logins named as ping names them, and library advice
+    given as flags (``--accept-new``)."""
+    result = classify(host, outcome)
+    if result.error is None or result.status != "unreachable":
+        return result
+    kind = str(result.error.get("kind", ""))
+    result.error = {**result.error, "message": cli_text(str(result.error.get("message", "")))}
+    result.label = cli_text(result.label)
+    if kind in REFUSED:
+        said = ERROR_WORDS.get(kind, kind.replace("_", " "))
+        if result.label.startswith(said):
+            result.label = REFUSED[kind] + result.label[len(said) :]
+    return result
+
+
+def summary(results: list[HostResult], elapsed: float) -> list[str]:
+    """``summary_lines``, with the count of unreachable hosts split: auth failed and host key rejected apart."""
+    lines = summary_lines(results, elapsed)[:-1]
+
+    def word(r: HostResult) -> str:
+        kind = str((r.error or {}).get("kind", ""))
+        return REFUSED[kind] if r.status == "unreachable" and kind in REFUSED else STATUS_WORDS[r.status]
+
+    order = [STATUS_WORDS[s] for s in STATUSES]
+    order[order.index("unreachable") + 1 : order.index("unreachable") + 1] = REFUSED.values()
+    counts = [f"{n} {w}" for w in order if (n := sum(1 for r in results if word(r) == w))]
+    noun = "host" if len(results) == 1 else "hosts"
+    lines.append(f"{len(results)} {noun}: {', '.join(counts)} in {elapsed:.2f}s")
+    return lines
+
+
+def _hint(args: argparse.Namespace, results: list[HostResult]) -> list[str]:
+    unknown = [
+        r.host
+        for r in results
+        if (r.error or {}).get("kind") == "hostkey_rejected" and is_unknown(str((r.error or {}).get("message")))
+    ]
+    hint = first_contact_hint(args, unknown)
+    return [hint] if hint else []
 
 
 def _binary(file: IO[str]) -> IO[bytes]:
@@ -312,9 +382,13 @@ def _start_agent(args: argparse.Namespace, specs: list[HostSpec]) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        check_ssh_options(args)
+        if args.list_hosts:
+            print_host_list(select_hosts(args, allow_empty=True))
+            return EXIT_OK
         check_command(args)
         specs = select_hosts(args)
-    except UsageError as exc:
+    except SshFleetError as exc:
         print(f"sshfleet run: {exc}", file=sys.stderr)
         return EXIT_USAGE
     started = time.monotonic()
@@ -331,7 +405,7 @@ def run(args: argparse.Namespace) -> int:
 
                 results = run_interactive(agent, args)
                 if any(r.status != "ok" for r in results):
-                    _say(*summary_lines(results, time.monotonic() - started))
+                    _say(*summary(results, time.monotonic() - started), *_hint(args, results))
                 return exit_status(results)
             return _run_fleet(agent, args, started)
     finally:
@@ -391,7 +465,7 @@ def _run_fleet(agent: Any, args: argparse.Namespace, started: float) -> int:
                     if event is None:
                         progress.draw(len(results), [h for h in hosts if h not in results])
                     elif event.kind == "exit":
-                        result = results[event.host] = classify(event.host, event.data)
+                        result = results[event.host] = classify_host(event.host, event.data)
                         sink.end(event.host, result, event.data)
                         progress.draw(len(results), [h for h in hosts if h not in results])
                     else:
@@ -418,7 +492,7 @@ def _run_fleet(agent: Any, args: argparse.Namespace, started: float) -> int:
         print(json.dumps(to_json(ordered), indent=2))
     elif args.gather:
         render_gather(ordered, _binary(sys.stdout), _binary(sys.stderr))
-    _say(*summary_lines(ordered, time.monotonic() - started))
+    _say(*summary(ordered, time.monotonic() - started), *_hint(args, ordered))
     if broken:
         return EXIT_BROKEN_PIPE
     return EXIT_INTERRUPTED if (told or aborted) else exit_status(ordered)

@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from sshfleet._cli import EXIT_OK, EXIT_USAGE
-from sshfleet._cli._common import add_connection_options, options_from_args, positive_float, positive_int
+from sshfleet._cli._common import (
+    add_connection_options,
+    add_host_options,
+    options_from_args,
+    positive_float,
+    positive_int,
+)
 from sshfleet.errors import SshFleetError, UsageError
 
 if TYPE_CHECKING:
@@ -71,11 +77,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         usage="%(prog)s [-i INVENTORY [PATTERN] | -H HOSTS] [--agent NAME_OR_PROTO ...] [options]",
     )
     where = parser.add_argument_group("hosts")
-    where.add_argument("-i", "--inventory", metavar="INVENTORY", help="inventory file (Ansible INI/YAML, plain)")
-    where.add_argument("pattern", nargs="?", default=None, metavar="PATTERN", help="group or host pattern")
-    where.add_argument(
-        "-H", "--hosts", metavar="HOSTS", help="comma-separated hosts, ranges allowed: node[01-04],admin@r1:2222"
-    )
+    add_host_options(where)
     what = parser.add_argument_group("shell")
     what.add_argument(
         "--agent",
@@ -107,8 +109,8 @@ def history_path(environ: Mapping[str, str] = os.environ) -> Path:
 def shell(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from sshfleet._cli._common import select_hosts
     from sshfleet._cli._shell_session import ShellSession
-    from sshfleet._cli.run import select_hosts
     from sshfleet._fleet import Fleet
     from sshfleet.inventory import Inventory
 
