@@ -216,3 +216,58 @@ def test_a_changed_key_gets_no_accept_new_hint(testbed, capsys, tmp_path):
     assert code == EXIT_UNREACHABLE
     assert "HOST KEY CHANGED" in err and "1 host key rejected" in err
     assert "--accept-new" not in err
+
+
+def test_openssh_transport_says_accept_new_too(testbed, capsys, tmp_path):
+    known = tmp_path / "known_hosts"
+    code, _, err = cli(
+        capsys, "run", "--transport", "openssh", "-F", str(testbed.ssh_config), "-H", "node03",
+        "--known-hosts", str(known), "--", "true",
+    )  # fmt: skip
+    assert code == EXIT_UNREACHABLE
+    assert "host_key_policy" not in err
+    assert "node03: host key rejected (hostkey: no host key known for " in err and "(use --accept-new)" in err
+    assert "1 host: 1 host key rejected in " in err
+
+
+# --- the same flags in call, shell and put --------------------------------------------------------------
+
+
+def test_call_takes_the_shared_host_flags(testbed, capsys):
+    code, out, err = cli(
+        capsys, "call", "-F", str(testbed.ssh_config), "-H", "node01,node02", "-w", "node[03-04]", "-x", "node02",
+        "-f", "2", "-o", "ConnectTimeout=5", "sysinfo", "Uname", "--json",
+    )  # fmt: skip
+    assert code == EXIT_OK, err
+    assert {host: reply["reply"]["nodename"] for host, reply in json.loads(out).items()} == {
+        "node01": "node01",
+        "node03": "node03",
+        "node04": "node04",
+    }
+
+
+def test_shell_takes_the_shared_host_flags(testbed):
+    proc = subprocess.run(
+        [SSHFLEET, "shell", "-i", str(testbed.inventory), "-F", str(testbed.ssh_config), "odd", "-x", "node0[1-3]",
+         "-l", "root", "-v"],
+        input="hosts\n!hostname\nexit\n", capture_output=True, text=True, timeout=DEADLINE,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "node05: node05" in proc.stdout and "node07: node07" in proc.stdout
+    assert "node01" not in proc.stdout and "node03" not in proc.stdout
+
+
+def test_put_takes_the_shared_host_flags(testbed, capsys, tmp_path, openssh):
+    local = tmp_path / "dialect.txt"
+    local.write_text("same flags\n")
+    code, out, err = cli(
+        capsys, "put", "-F", str(testbed.ssh_config), "-H", "node07", "-H", "node08", "-x", "node08",
+        str(local), "/tmp/dialect.txt",
+    )  # fmt: skip
+    assert code == EXIT_OK, err
+    assert out.startswith("node07  ok: 1 file") and "node08" not in out
+    try:
+        assert openssh(testbed, "node07", "cat /tmp/dialect.txt").stdout == "same flags\n"
+        assert openssh(testbed, "node08", "test -e /tmp/dialect.txt || echo absent").stdout == "absent\n"
+    finally:
+        openssh(testbed, "node07", "rm -f /tmp/dialect.txt")
