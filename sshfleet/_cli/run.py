@@ -83,6 +83,8 @@ examples:
   sshfleet run -i lab.ini -c 'df -h / | tail -1'
   echo hi | sshfleet run -H node01,node02 --stdin -- cat
   sshfleet run -H node01 -t -- top
+  sshfleet run -i lab.ini all -x 'db*' -l admin -f 16 -o ConnectTimeout=5 -- uptime
+  sshfleet run --list-hosts -i lab.ini 'web:&prod'     # the hosts, as ansible --list-hosts prints them
 """
 
 
