@@ -23,7 +23,7 @@ from typing import Optional
 
 from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, given, parse_host_string
 from sshfleet._ssh import _sshg
-from sshfleet._ssh._sshg import DEFAULT_IDENTITY_FILES, Answer, Query, client_tokens, expand_path
+from sshfleet._ssh._sshg import DEFAULT_IDENTITY_FILES, Answer, Query, client_tokens, expand_path, expand_tokens
 from sshfleet.errors import InventoryError, UsageError
 
 log = logging.getLogger("sshfleet.ssh")
@@ -282,4 +282,9 @@ def _resolve_one(
         python=spec.python,
     )
     jumps = answer.get("proxyjump", [""])[0]
-    return resolved, (jumps if jumps and jumps.lower() != "none" else None)
+    if not jumps or jumps.lower() == "none" or jump is not None:
+        return resolved, None
+    # ssh turns ProxyJump into a ProxyCommand ("ssh -l USER -W [%h]:%p HOP"), whose tokens it expands when it
+    # connects: %r is the user this host is reached as, %h its HostName, %p its port, %n the name as given.
+    hop_tokens = {"h": hostname, "k": alias or spec.name, "n": spec.name, "p": str(port), "r": user}
+    return resolved, expand_tokens(jumps, hop_tokens, path, allow_env=False)

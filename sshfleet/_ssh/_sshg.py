@@ -512,9 +512,9 @@ def emulate(query: Query) -> Answer:
     options = reader.options
     host = _final_host(query, options)
     if reader.want_final:
+        # The final pass starts with HostName set to the name found (already expanded, so first-wins keeps it).
         options["hostname"] = host
         options = _read_all(query, host, True, options).options
-        host = _final_host(query, options)
     return _answer(query, host, options)
 
 

@@ -7,10 +7,14 @@ the same ResolvedHost (jump chains included) whether it asks ``ssh -G`` or reads
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import pwd
 import re
+import shlex
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from sshfleet._options import HostSpec, SshOptions
-from sshfleet._ssh import _sshg, resolve
+from sshfleet._ssh import _config, _sshg, resolve
 from sshfleet._ssh._sshg import Query
 from sshfleet.errors import UsageError
 from tests.differential.conftest import CORPUS
@@ -230,3 +234,83 @@ def test_random_configs_read_as_ssh_G_reads_them(
             continue
         for key in KEYS:
             assert ours.get(key) == theirs.get(key), f"{query} {key}: ssh {theirs.get(key)}, sshfleet {ours.get(key)}"
+
+
+# --- the jump host ssh itself would run ------------------------------------------------------------------------
+
+_PROXY_RE = re.compile(r"Executing proxy command: exec (.*)$")
+
+
+def ssh_proxy_command(query: Query, ssh: str) -> list[str] | None:
+    """The ``ssh -W`` command ssh runs to reach ``query``'s first jump host (ProxyJump, tokens expanded), read
+    from ``ssh -v``; ssh is stopped as soon as it says it, before any connection matters."""
+    argv = [ssh, "-v", "-F", str(query.config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=2"]
+    if query.user is not None:
+        argv += ["-l", query.user]
+    if query.port is not None:
+        argv += ["-p", str(query.port)]
+    if query.hostname is not None:
+        argv += ["-o", f"HostName={query.hostname}"]
+    proc = subprocess.Popen(
+        [*argv, "--", query.host, "true"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    found = None
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            m = _PROXY_RE.search(line)
+            if m:
+                found = shlex.split(m.group(1))
+                break
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    return found
+
+
+@pytest.mark.parametrize("source", [p for p in CONFIGS if "ProxyJump" in p.read_text()], ids=lambda p: p.name)
+def test_the_first_jump_is_the_one_ssh_runs(source: Path, rendered: dict[Path, Path], ssh_binary: str) -> None:
+    config = str(rendered[source])
+    options = SshOptions(ssh_config=config, look_for_keys=False)
+    checked = refused = 0
+    for base in queries(source.read_text()):
+        query = Query(base.host, config, base.user, base.port, base.hostname)
+        try:
+            resolved, jump = _config._resolve_one(
+                HostSpec(query.host, hostname=query.hostname, port=query.port, user=query.user), options
+            )
+        except UsageError:
+            refused += 1  # ssh refuses it too: test_python_reading_prints_what_ssh_G_prints checks that
+            continue
+        command = ssh_proxy_command(query, ssh_binary)
+        if jump is None:
+            assert command is None, f"{query.host}: ssh runs {command}, sshfleet sees no jump"
+            continue
+        assert command is not None, f"{query.host}: sshfleet jumps through {jump}, ssh runs no proxy command"
+        flags: dict[str, str] = {}
+        i = 1
+        while i < len(command) - 1:
+            if command[i] == "-v":
+                i += 1
+                continue
+            flags[command[i]] = command[i + 1]
+            i += 2
+        hops = _config._parse_jumps(jump, config)
+        last = hops[-1]
+        assert (last.name, last.user, last.port) == (
+            command[-1],
+            flags.get("-l"),
+            int(flags["-p"]) if "-p" in flags else None,
+        ), f"{query.host}: ssh {command}"
+        assert flags.get("-J") == (",".join(map(_config._hop_label, hops[:-1])) or None), command
+        assert flags["-W"] == f"[{resolved.hostname}]:{resolved.port}", command
+        checked += 1
+    assert checked or refused, "no query of this file goes through a jump host"

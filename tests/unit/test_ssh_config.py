@@ -469,3 +469,14 @@ def test_an_ssh_without_dash_G_counts_as_absent(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(fake.parent))
     assert _sshg.ssh_binary() is None
     assert resolve(HostSpec("a"), opts()).hostname == "a"  # read in Python instead
+
+
+def test_proxy_jump_tokens_are_the_destinations_as_ssh_expands_them(home, tmp_path):
+    # ssh runs ProxyJump as the ProxyCommand "ssh -l %r -W [%h]:%p HOP" and expands its tokens when it connects.
+    config = write_config(tmp_path, "Host t\n  HostName real.example\n  ProxyJump %r@j-%h-%p-%n%%x\n")
+    (hop,) = resolve(HostSpec("t", user="bob"), opts(config)).proxy_jump
+    assert (hop.name, hop.user) == ("j-real.example-22-t%x", "bob")
+    (hop,) = resolve(HostSpec("t", user="bob"), opts(config, user="cli", port=2022)).proxy_jump
+    assert (hop.name, hop.user) == ("j-real.example-2022-t%x", "cli")
+    with pytest.raises(UsageError, match="unknown token %q"):
+        resolve(HostSpec("t"), opts(write_config(tmp_path, "Host t\n  ProxyJump j-%q\n")))
