@@ -146,14 +146,24 @@ class ShellSession:
     # --- agents ---------------------------------------------------------------------------------------
 
     def load(self, name: str) -> Loaded:
-        """Start the agent ``name`` (a built-in's name or a .proto path) on the selected hosts."""
+        """Start the agent ``name`` (a built-in's name or a .proto path) on the selected hosts; when it is
+        loaded already, on the selected hosts it does not run on yet."""
         agent_class = resolve_agent(name)
         key = agent_key(name, agent_class)
-        if key in self.loaded:
-            raise UsageError(f"{key} is already loaded on {fold_hosts(self.loaded[key].ready()) or 'no host'}")
-        loaded = Loaded(key, agent_class)
-        self._start(loaded, self.selection)
-        self.loaded[key] = loaded
+        loaded = self.loaded.get(key)
+        if loaded is None:
+            loaded = Loaded(key, agent_class)
+            self._start(loaded, self.selection)
+            self.loaded[key] = loaded
+            return loaded
+        if loaded.agent_class is not agent_class:
+            raise UsageError(f"another agent named {key} is loaded ({loaded.agent_class.__name__}): unload it first")
+        new = [h for h in self.selection if h not in loaded.started]
+        if not new:
+            failed = [h for h in self.selection if h in loaded.failed()]
+            hint = f"; `retry` starts it again on {fold_hosts(failed)}" if failed else ""
+            raise UsageError(f"{key} is loaded on every selected host already{hint}")
+        self._start(loaded, new)
         return loaded
 
     def unload(self, name: str) -> None:

@@ -42,7 +42,7 @@ COMMANDS: dict[str, str] = {
     "hosts": "the selected hosts (also ?)",
     "use": "use PATTERN | +PATTERN | -PATTERN: select hosts for load and !cmd (Ansible patterns; also cd)",
     "groups": "the inventory's groups and their hosts",
-    "load": "load NAME | path.proto: start an agent on the selected hosts",
+    "load": "load NAME | path.proto: start an agent on the selected hosts (again: on those it lacks)",
     "agents": "the loaded agents with their hosts and state, and the built-in agents one can load",
     "unload": "unload NAME: stop an agent on its hosts",
     "retry": "start the loaded agents again on the hosts where they failed to start",

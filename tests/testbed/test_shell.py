@@ -142,8 +142,9 @@ def shell(testbed, tmp_path):
         "NO_COLOR": "1",
     }
 
-    def start(*extra: str, inventory: bool = True) -> Terminal:
-        argv = [*(["-i", str(testbed.inventory)] if inventory else []), "-F", str(testbed.ssh_config), *extra]
+    def start(*extra: str, inventory: bool = True, bed=None) -> Terminal:
+        bed = bed or testbed
+        argv = [*(["-i", str(bed.inventory)] if inventory else []), "-F", str(bed.ssh_config), *extra]
         terminal = Terminal(argv, env)
         started.append(terminal)
         terminal.prompt()
@@ -287,6 +288,27 @@ def test_a_host_that_fails_to_start_stays_listed_and_retry_tries_it_again(shell)
     assert re.search(r"sysinfo\s+SysinfoAgent\s+node01\s+nosuch\.invalid", term.line("agents"))
     out = term.line("retry")
     assert re.search(r"sysinfo: nosuch\.invalid unreachable: tcp: ", out) and "node01" not in out
+    assert term.exit() == 0
+
+
+def test_load_again_extends_an_agent_and_retry_starts_it_where_it_failed(shell, fresh_testbed):
+    bed = fresh_testbed(2)
+    bed.kill_sshd("node02")
+    term = shell("--connect-timeout", "2", bed=bed)
+    term.line("use node01")
+    assert "sysinfo: ready on node01 (1)" in term.line("load sysinfo")
+    term.line("use all")
+    out = term.line("load sysinfo")  # again: on the selected hosts it does not run on yet
+    assert re.search(r"sysinfo: node02 unreachable: tcp: ", out) and "node01" not in out, out
+    out = term.line("Uname")
+    assert re.search(r"^node01\s+ok\s", out, re.M) and re.search(r"^node02\s+unreachable\s+tcp: ", out, re.M)
+    bed.start_sshd("node02")
+    assert "sysinfo: ready on node02 (1)" in term.line("retry")
+    out = term.line("Uname")
+    assert re.search(r"^node01\s+ok\s.*nodename=node01", out, re.M)
+    assert re.search(r"^node02\s+ok\s.*nodename=node02", out, re.M), out
+    assert "error: sysinfo is loaded on every selected host already" in term.line("load sysinfo")
+    assert "nothing to retry" in term.line("retry")
     assert term.exit() == 0
 
 
