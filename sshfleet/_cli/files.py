@@ -22,6 +22,7 @@ from sshfleet._cli._common import (
     cli_text,
     options_from_args,
     positive_float,
+    print_host_list,
 )
 from sshfleet.errors import ConnectError, HostError, UsageError
 
@@ -76,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             usage=f"%(prog)s [-i INVENTORY [PATTERN] | -H HOSTS] [options] {words}",
         )
         where = parser.add_argument_group("hosts")
-        add_host_options(where, pattern=False)
+        add_host_options(where, pattern=False, list_hosts=True)
         parser.add_argument("words", nargs="+", metavar="[PATTERN] " + words, help=argparse.SUPPRESS)
         what = parser.add_argument_group("transfer")
         if name == "put":
@@ -200,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         args.pattern, first, second = split_words(args)
+        if args.list_hosts:
+            print_host_list(select_hosts(args, allow_empty=True))
+            return EXIT_OK
         specs = select_hosts(args)
         with Fleet(specs, ssh_options=options_from_args(args)) as fleet:
             bars = _Bars(fleet.hosts, enabled=_is_tty(sys.stderr) and not args.json)

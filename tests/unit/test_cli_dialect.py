@@ -329,3 +329,13 @@ def test_library_advice_becomes_a_flag():
     openssh_text = "no host key known for x:22 under strict checking (use host_key_policy='accept-new')"
     assert cli_text(openssh_text).endswith("(use --accept-new)")
     assert "host_key_policy" not in cli_text(paramiko_text + openssh_text)
+
+
+@pytest.mark.parametrize("command", ["put", "get", "sync"])
+def test_file_commands_list_hosts_too(command, tmp_path, capsys):
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text(INVENTORY)
+    assert main([command, "--list-hosts", "-i", str(inventory), "web:&prod", "a", "b"]) == EXIT_OK
+    assert capsys.readouterr().out == "  hosts (2):\n    w2\n    w3\n"
+    assert main([command, "--list-hosts", "-H", "x[1-3]", "-x", "x2", "a", "b"]) == EXIT_OK
+    assert capsys.readouterr().out == "  hosts (2):\n    x1\n    x3\n"
