@@ -223,6 +223,11 @@ def test_ctrl_c_cancels_a_long_call_or_command_and_the_agent_stays_usable(shell)
     assert "interrupted: the call was cancelled on every host" in out
     out = term.line("Sleep seconds=0.01")
     assert "2 hosts: 2 ok in " in out
+    term.send("Count n=100000000 size=1\r")  # a server stream that would run for a long while
+    term.expect(r"node0[12]:\s+index=3")
+    term.send("\x03")
+    assert "interrupted: the call was cancelled on every host" in term.prompt()
+    assert "2 hosts: 2 ok in " in term.line("Uname")
     term.send("!echo started; exec sleep 300\r")
     for _ in range(2):
         term.expect(r"node0[12]:\s+started")
