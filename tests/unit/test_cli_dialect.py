@@ -339,3 +339,27 @@ def test_file_commands_list_hosts_too(command, tmp_path, capsys):
     assert capsys.readouterr().out == "  hosts (2):\n    w2\n    w3\n"
     assert main([command, "--list-hosts", "-H", "x[1-3]", "-x", "x2", "a", "b"]) == EXIT_OK
     assert capsys.readouterr().out == "  hosts (2):\n    x1\n    x3\n"
+
+
+def test_run_summary_counts_refused_logins_apart_from_unreachable():
+    from types import SimpleNamespace
+
+    from sshfleet._cli.run import classify_host, summary
+    from sshfleet.errors import AuthenticationError, ConnectError, HostKeyError
+
+    ok = SimpleNamespace(started=True, exit_code=0, signal=0, timed_out=False, comment="")
+    unknown = "no host key known for c (ssh-ed25519 SHA256:x offered; ...); add it with ssh-keyscan or use "
+    results = [
+        classify_host("a", ok),
+        classify_host("b", ConnectError("b", "TCP connect to b:22 failed: refused")),
+        classify_host("c", HostKeyError("c", unknown + "host_key_policy='accept-new'")),
+        classify_host("d", AuthenticationError("d", "permission denied for user 'x'")),
+        classify_host("e", HostKeyError("e", unknown + "host_key_policy='accept-new'")),
+    ]
+    assert [r.status for r in results] == ["ok", "unreachable", "unreachable", "unreachable", "unreachable"]
+    assert results[2].label == f"host key rejected (hostkey: {unknown}--accept-new)"
+    assert results[2].error is not None and results[2].error["message"] == unknown + "--accept-new"
+    assert results[3].label == "auth failed (auth: permission denied for user 'x')"
+    lines = summary(results, 1.5)
+    assert lines[-1] == "5 hosts: 1 ok, 1 unreachable, 1 auth failed, 2 host key rejected in 1.50s"
+    assert lines[0] == "a: ok" and "b: unreachable (tcp: TCP connect to b:22 failed: refused)" in lines
