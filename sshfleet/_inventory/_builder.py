@@ -157,8 +157,9 @@ class Builder:
         """Add the hosts ``pattern`` expands to (``[user@]name[range][:port]``) to ``group``, with their vars.
 
         ``:port`` is the host var ``ansible_port``, set before the inline ones (as Ansible: ``h:2222
-        ansible_port=3333`` means 3333); ``user@`` (sshfleet's own) is ``sshfleet_user``, which beats every
-        Ansible user var. A bare IPv6 address is a host name, as in Ansible.
+        ansible_port=3333`` means 3333), and only where the host is first listed (Ansible ignores it later);
+        ``user@`` (sshfleet's own) is ``sshfleet_user``, which beats every Ansible user var. A bare IPv6
+        address is a host name, as in Ansible.
         """
         try:
             names = expand_hostrange(pattern)
@@ -185,6 +186,9 @@ class Builder:
                         f"(first at {self.path}:{host.line})",
                         line,
                     )
+            elif "ansible_port" in given:
+                # As Ansible: the port on a host's name counts where the host is first listed, nowhere else.
+                del given["ansible_port"]
             for key, value in [*given.items(), *host_vars.items()]:
                 host.vars[key] = VarValue(value, self.path, line)
             if group not in host.groups:

@@ -6,6 +6,7 @@ CI installs both, so a differential test can never pass there by not running.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from sshfleet.errors import InventoryError
 from sshfleet.inventory import Inventory
@@ -136,3 +138,47 @@ def check_patterns(ours: Inventory, answers: tuple[Any, Any], skip: Sequence[str
             assert selected == expected, pattern
         else:
             assert sorted(selected) == sorted(expected), pattern
+
+
+def same_value(ours: str, theirs: Any) -> bool:
+    """sshfleet keeps the text written; Ansible types INI values with literal_eval and YAML ones with YAML."""
+    if isinstance(theirs, str):
+        return ours == theirs
+    candidates: list[Any] = []
+    for parse in (json.loads, ast.literal_eval, yaml.safe_load):
+        try:
+            candidates.append(parse(ours))
+        except Exception:
+            continue
+    return theirs in candidates or (theirs is None and ours == "")
+
+
+def check_inventory(ours: Inventory, answers: tuple[Any, Any], skip: Sequence[str] = ()) -> None:
+    """Hosts, groups (hosts in Ansible's order where it is defined, children), every merged variable and the
+    ssh plugin's host / port / user / key agree with Ansible's answer."""
+    theirs = answers[0]
+    listed = theirs["list"]
+    hostvars = listed["_meta"]["hostvars"]
+    assert set(ours.hosts) == set(theirs["ssh"])
+    assert set(ours.groups) == set(theirs["group_hosts"])
+    for name, group in ours.groups.items():
+        if name in skip:
+            continue
+        expected, ordered = stable(answers, "group_hosts", name)
+        if ordered:
+            assert list(group.hosts) == expected, f"hosts of group {name}"
+        else:
+            assert set(group.hosts) == set(expected), f"hosts of group {name}"
+        if name in listed:
+            assert list(group.children) == listed[name].get("children", []), f"children of group {name}"
+    for name, spec in ours.hosts.items():
+        expected_vars = hostvars.get(name, {})
+        assert set(spec.vars) == set(expected_vars), f"variables of {name}"
+        for key, value in expected_vars.items():
+            assert same_value(spec.vars[key], value), f"{name}: {key}={spec.vars[key]!r}, Ansible {value!r}"
+    for name, spec in ours.hosts.items():
+        plugin = theirs["ssh"][name]
+        assert (spec.hostname or name) == plugin["host"], f"address of {name}"
+        assert (None if spec.port is None else str(spec.port)) == plugin["port"], f"port of {name}"
+        assert spec.user == plugin["remote_user"], f"user of {name}"
+        assert spec.identity_file == plugin["private_key_file"], f"key of {name}"

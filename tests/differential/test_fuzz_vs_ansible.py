@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sshfleet._inventory._builder import Builder
 from sshfleet.errors import InventoryError
 from sshfleet.inventory import Inventory
-from tests.differential.conftest import AnsibleReference, check_patterns
+from tests.differential.conftest import AnsibleReference, check_inventory, check_patterns
 
 FUZZ = settings(
     max_examples=int(os.environ.get("SSHFLEET_FUZZ_EXAMPLES", "40")),
@@ -100,17 +100,61 @@ _HOSTS = [f"h{i}" for i in range(6)]
 _GROUPS = [f"g{i}" for i in range(4)]
 
 
+_HOST_VARS = st.sampled_from(
+    [
+        "",
+        "v=host",
+        "ansible_user=hu",
+        "ansible_ssh_user=hsu",
+        "ansible_host=10.0.0.1",
+        "ansible_ssh_host=10.0.0.2",
+        "ansible_port=2201",
+        "ansible_ssh_port=2202",
+        "ansible_private_key_file=/k/p",
+        "ansible_ssh_private_key_file=/k/s",
+    ]
+)
+_GROUP_VARS = st.sampled_from(
+    [
+        "v=GROUP",
+        "w=GROUP",
+        "ansible_user=GROUP",
+        "ansible_ssh_user=GROUP",
+        "ansible_port=2300",
+        "ansible_ssh_port=2301",
+        "ansible_host=GROUP.example",
+        "ansible_group_priority=5",
+        "ansible_group_priority=-2",
+    ]
+)
+
+
 @st.composite
 def _inventory_text(draw: st.DrawFn) -> str:
+    """A random INI inventory: hosts before any section, groups with children (no cycles), host lines with
+    ``:port`` and vars, group vars with priorities and the ssh aliases."""
+
+    def host_line(name: str) -> str:
+        port = f":{draw(st.integers(2000, 2010))}" if draw(st.integers(0, 4)) == 0 else ""
+        extra = " ".join(v for v in draw(st.lists(_HOST_VARS, max_size=2, unique=True)) if v)
+        if name in _GROUPS:
+            extra = ""  # Ansible sets them on the group of that name (inventory/README.md, differences)
+        return f"{name}{port} {extra}".strip()
+
     hosts = draw(st.lists(st.sampled_from([*_HOSTS, "g1"]), min_size=1, max_size=7, unique=True))
-    lines = [h for h in hosts if draw(st.integers(0, 3)) == 0]
+    lines = [host_line(h) for h in hosts if draw(st.integers(0, 3)) == 0]
     for index, group in enumerate(_GROUPS):
         members = draw(st.lists(st.sampled_from(hosts), max_size=4, unique=True))
-        lines += [f"[{group}]", *members]
+        lines += [f"[{group}]", *(host_line(h) for h in members)]
         later = _GROUPS[index + 1 :]
         children = draw(st.lists(st.sampled_from(later), max_size=2, unique=True)) if later else []
         if children:
             lines += [f"[{group}:children]", *children]
+        group_vars = draw(st.lists(_GROUP_VARS, max_size=3, unique_by=lambda v: v.split("=")[0]))
+        if group_vars:
+            lines += [f"[{group}:vars]", *(v.replace("GROUP", group) for v in group_vars)]
+    if draw(st.booleans()):
+        lines += ["[all:vars]", "v=all", "ansible_user=everyone"]
     return "\n".join(lines) + "\n"
 
 
@@ -128,11 +172,13 @@ def _pattern(draw: st.DrawFn) -> str:
 
 @FUZZ
 @given(text=_inventory_text(), patterns=st.lists(_pattern(), min_size=8, max_size=8, unique=True))
-def test_patterns_select_as_in_ansible(
+def test_random_inventories_read_and_select_as_in_ansible(
     ansible: AnsibleReference, tmp_path_factory: pytest.TempPathFactory, text: str, patterns: list[str]
 ) -> None:
     path: Path = tmp_path_factory.mktemp("fuzz") / "inventory.ini"
     path.write_text(text)
     answers = ansible.ask({"op": "inventory", "path": str(path), "patterns": patterns})
     assert "error" not in answers[0], answers[0]
-    check_patterns(Inventory.load(path), answers)
+    ours = Inventory.load(path)
+    check_inventory(ours, answers)
+    check_patterns(ours, answers)

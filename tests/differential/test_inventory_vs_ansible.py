@@ -8,18 +8,15 @@ uses an extension Ansible refuses.
 
 from __future__ import annotations
 
-import ast
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from sshfleet.errors import InventoryError
 from sshfleet.inventory import Inventory
-from tests.differential.conftest import CORPUS, AnsibleReference, check_patterns, stable
+from tests.differential.conftest import CORPUS, AnsibleReference, check_inventory, check_patterns
 
 INVENTORIES = sorted(
     p if p.is_file() else next(p.glob("hosts.*")) for p in (CORPUS / "inventories").iterdir() if p.name[0].isdigit()
@@ -46,19 +43,6 @@ def quirks(text: str) -> list[str]:
     """Groups named by ``# ansible-quirk: GROUP ...``: where Ansible's answer is a bug sshfleet does not copy
     (each one is listed in inventory/README.md), that group is left out of the comparison."""
     return [g for m in re.finditer(r"^#\s*ansible-quirk:(.*)$", text, re.M) for g in m.group(1).split()]
-
-
-def same_value(ours: str, theirs: Any) -> bool:
-    """sshfleet keeps the text written; Ansible types INI values with literal_eval and YAML ones with YAML."""
-    if isinstance(theirs, str):
-        return ours == theirs
-    candidates: list[Any] = []
-    for parse in (json.loads, ast.literal_eval, yaml.safe_load):
-        try:
-            candidates.append(parse(ours))
-        except Exception:
-            continue
-    return theirs in candidates or (theirs is None and ours == "")
 
 
 @pytest.fixture(scope="module")
@@ -92,38 +76,7 @@ def test_inventory_agrees_with_ansible(path: Path, answers: dict[Path, tuple[Any
         with pytest.raises(InventoryError, match=rf"^{re.escape(str(path))}:\d+: "):
             Inventory.load(path)
         return
-    ours = Inventory.load(path)
-    listed = theirs["list"]
-    hostvars = listed["_meta"]["hostvars"]
-
-    # Hosts and groups.
-    assert set(ours.hosts) == set(theirs["ssh"])
-    assert set(ours.groups) == set(theirs["group_hosts"])
-    for name, group in ours.groups.items():
-        if name in quirks(text):
-            continue
-        expected, ordered = stable(answers[path], "group_hosts", name)
-        if ordered:
-            assert list(group.hosts) == expected, f"hosts of group {name}"
-        else:
-            assert set(group.hosts) == set(expected), f"hosts of group {name}"
-        if name in listed:
-            assert list(group.children) == listed[name].get("children", []), f"children of group {name}"
-
-    # Merged variables, every one of them.
-    for name, spec in ours.hosts.items():
-        expected_vars = hostvars.get(name, {})
-        assert set(spec.vars) == set(expected_vars), f"variables of {name}"
-        for key, value in expected_vars.items():
-            assert same_value(spec.vars[key], value), f"{name}: {key}={spec.vars[key]!r}, Ansible {value!r}"
-
-    # What the ssh connection plugin would use.
-    for name, spec in ours.hosts.items():
-        plugin = theirs["ssh"][name]
-        assert (spec.hostname or name) == plugin["host"], f"address of {name}"
-        assert (None if spec.port is None else str(spec.port)) == plugin["port"], f"port of {name}"
-        assert spec.user == plugin["remote_user"], f"user of {name}"
-        assert spec.identity_file == plugin["private_key_file"], f"key of {name}"
+    check_inventory(Inventory.load(path), answers[path], skip=quirks(text))
 
 
 @pytest.mark.parametrize("path", INVENTORIES, ids=_id)

@@ -759,3 +759,9 @@ def test_a_child_defined_later_joins_when_its_section_appears(tmp_path: Path) ->
     assert inv.groups["top"].children == ("early", "late")
     assert inv.groups["top"].hosts == ("e1", "l1")
     assert [s.name for s in inv.select("top[0]")] == ["e1"]
+
+
+def test_a_port_on_the_name_counts_where_the_host_is_first_listed(tmp_path: Path) -> None:
+    inv = load(tmp_path, "i.ini", "[a]\nh\n[b]\nh:2000\n[b:vars]\nv=1\n[c]\nk:2001\n[d]\nk:2002\n")
+    assert inv.hosts["h"].port is None  # Ansible ignores :2000: h already existed
+    assert inv.hosts["k"].port == 2001
