@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 OUTPUTS = ("table", "json", "gathered")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a call, with what to tell the user: where the call was cancelled, which hosts had
+    answered (as pdsh says which hosts are still running)."""
+
+
 @dataclass
 class Settings:
     """What ``set`` changes: the call deadline (None: the agent's, 60 s), forks, and how results print."""
@@ -330,14 +335,22 @@ class ShellSession:
         started = time.monotonic()
         outcomes: dict[str, Outcome] = {}
         times: dict[str, float] = {}
-        for _, agent in list(loaded.instances):
-            serves = {h for h, owner in loaded.owner.items() if owner is agent}
-            if not serves:
-                continue
-            # As each host answers, so each gets its own time; Ctrl-C here cancels the calls still running.
-            for host, outcome in agent.invoke_as_completed(method.name, fields, timeout=self.settings.timeout):
-                if host in serves:
-                    outcomes[host], times[host] = outcome, time.monotonic() - started
+        try:
+            for _, agent in list(loaded.instances):
+                serves = {h for h, owner in loaded.owner.items() if owner is agent}
+                if not serves:
+                    continue
+                # As each host answers, so each gets its own time; Ctrl-C here cancels the calls still running.
+                for host, outcome in agent.invoke_as_completed(method.name, fields, timeout=self.settings.timeout):
+                    if host in serves:
+                        outcomes[host], times[host] = outcome, time.monotonic() - started
+        except KeyboardInterrupt:
+            waiting = [h for h in self.fleet.hosts if h in loaded.owner and h not in outcomes]
+            answered = [h for h in self.fleet.hosts if h in outcomes]
+            raise Interrupted(
+                f"interrupted: {method.name} cancelled on {fold_hosts(waiting) or 'no host'} (no answer yet); "
+                f"answered: {fold_hosts(answered) or 'none'}"
+            ) from None
         responses = self._merge(loaded, method.name, outcomes)
         self.last = responses
         self.show(responses, time.monotonic() - started, times)

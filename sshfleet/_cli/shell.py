@@ -258,8 +258,12 @@ class Shell:
             return action()
         except SshFleetError as exc:
             self.error(str(exc))
-        except KeyboardInterrupt:
-            if what in COMMANDS:
+        except KeyboardInterrupt as exc:
+            from sshfleet._cli._shell_session import Interrupted
+
+            if isinstance(exc, Interrupted):
+                self.console.print(str(exc), style="yellow", markup=False)
+            elif what in COMMANDS:
                 self.console.print(f"interrupted: {what} stopped", style="yellow")
             else:
                 self.console.print("interrupted: the call was cancelled on every host", style="yellow")
