@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import difflib
 import logging
 import queue
@@ -20,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Union, cast
 
@@ -396,22 +398,35 @@ class Agent:
         """Call a unary RPC by name on every host, its request's fields as keywords."""
         return self._call(method, fields, timeout=timeout)
 
-    def invoke(self, method: str, fields: Mapping[str, object], *, timeout: Optional[float] = None) -> Responses:
+    def invoke(
+        self,
+        method: str,
+        fields: Mapping[str, object],
+        *,
+        timeout: Optional[float] = None,
+        hosts: Optional[Iterable[str]] = None,
+    ) -> Responses:
         """Call the unary RPC ``method`` on every host: the hook every generated method calls.
 
         ``fields`` are the request's fields (None values are left unset); ``timeout`` is the call's deadline in
-        seconds (None: ``Timeouts.call``). Returns one outcome per host by the deadline; raises UsageError
-        (before anything goes on the network) for an unknown method or field, or a streaming method.
+        seconds (None: ``Timeouts.call``); ``hosts`` calls only those of the agent's hosts (default: all). Returns
+        one outcome per host by the deadline; raises UsageError (before anything goes on the network) for an
+        unknown method, field or host, or a streaming method.
         """
         mode = DEFERRED.get()  # the method body runs for .future() / .aio() / .as_completed()
         if mode == "future":
-            return cast(Responses, self.invoke_future(method, fields, timeout=timeout))
+            return cast(Responses, self.invoke_future(method, fields, timeout=timeout, hosts=hosts))
         if mode == "as_completed":
-            return cast(Responses, self.invoke_as_completed(method, fields, timeout=timeout))
-        return self._call(method, fields, timeout=timeout)
+            return cast(Responses, self.invoke_as_completed(method, fields, timeout=timeout, hosts=hosts))
+        return self._call(method, fields, timeout=timeout, hosts=hosts)
 
     def invoke_future(
-        self, method: str, fields: Mapping[str, object], *, timeout: Optional[float] = None
+        self,
+        method: str,
+        fields: Mapping[str, object],
+        *,
+        timeout: Optional[float] = None,
+        hosts: Optional[Iterable[str]] = None,
     ) -> Future[Responses]:
         """``invoke()`` without waiting: the call starts on every host now; returns a Future of its Responses.
 
@@ -419,39 +434,49 @@ class Agent:
         Responses); its callbacks run on sshfleet's callback threads, not the I/O thread; ``cancel()`` cancels
         every host's call. Caller mistakes (unknown method or field) raise here, before anything is sent.
         """
-        name, method_desc, request, deadline = self._prepare(method, fields, timeout)
+        call = self._prepare(method, fields, timeout, hosts)
         sink: dict[str, Outcome] = {}
 
         async def bounded() -> None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._fanout(method_desc, request, deadline, sink), deadline + CALL_MARGIN)
+                await asyncio.wait_for(self._fanout(call, sink), call.deadline + CALL_MARGIN)
 
         inner = asyncio.run_coroutine_threadsafe(bounded(), self._hub.loop)
 
         def cancel() -> None:
             self._hub.loop.call_soon_threadsafe(inner.cancel)
 
-        return chain(inner, lambda _: self._settle(name, sink, deadline), cancel)
+        return chain(inner, lambda _: self._settle(call, sink), cancel)
 
     def invoke_as_completed(
-        self, method: str, fields: Mapping[str, object], *, timeout: Optional[float] = None
+        self,
+        method: str,
+        fields: Mapping[str, object],
+        *,
+        timeout: Optional[float] = None,
+        hosts: Optional[Iterable[str]] = None,
     ) -> Iterator[tuple[str, Outcome]]:
         """Call the unary RPC ``method`` on every host and yield ``(host, outcome)`` as each host answers, so a
         script is not held by its slowest host. Every host is yielded exactly once by the deadline (plus a small
         margin; one that has not answered then is a CallTimeout). Dropping the iterator cancels the calls left."""
-        name, method_desc, request, deadline = self._prepare(method, fields, timeout)
+        call = self._prepare(method, fields, timeout, hosts)
         sink: dict[str, Outcome] = {}
         arrived: queue.SimpleQueue[tuple[str, Outcome]] = queue.SimpleQueue()
         inner = asyncio.run_coroutine_threadsafe(
-            self._fanout(method_desc, request, deadline, sink, lambda h, o: arrived.put((h, o))), self._hub.loop
+            self._fanout(call, sink, lambda h, o: arrived.put((h, o))), self._hub.loop
         )
-        return _AsCompleted(self, name, sink, arrived, inner, deadline)
+        return _AsCompleted(self, call, sink, arrived, inner)
 
     async def invoke_async(
-        self, method: str, fields: Mapping[str, object], *, timeout: Optional[float] = None
+        self,
+        method: str,
+        fields: Mapping[str, object],
+        *,
+        timeout: Optional[float] = None,
+        hosts: Optional[Iterable[str]] = None,
     ) -> Responses:
         """``invoke()`` for the caller's asyncio loop (no thread per call); cancelling the task cancels the calls."""
-        future = self.invoke_future(method, fields, timeout=timeout)
+        future = self.invoke_future(method, fields, timeout=timeout, hosts=hosts)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -464,8 +489,9 @@ class Agent:
         request: Union[Mapping[str, object], Iterable[Any], None] = None,
         *,
         timeout: Optional[float] = None,
+        hosts: Optional[Iterable[str]] = None,
     ) -> Iterator[tuple[str, Outcome]]:
-        """Call the streaming RPC ``method`` on every host: the hook generated streaming methods call.
+        """Call the streaming RPC ``method`` on every host (or ``hosts``): the hook generated streaming methods call.
 
         ``request`` is the request's fields (server streaming) or an iterable of messages or field dicts sent to
         every host (client streaming). Yields ``(host, reply)`` as replies arrive, ``(host, HostError)`` once for
@@ -473,12 +499,12 @@ class Agent:
         """
         if DEFERRED.get():
             raise UsageError(f"{method} is a streaming RPC: iterate it instead of .future() / .aio()")
-        return self._call_stream(method, request, timeout=timeout)
+        return self._call_stream(method, request, timeout=timeout, hosts=hosts)
 
     def _prepare(
-        self, name: str, fields: Mapping[str, object], timeout: Optional[float]
-    ) -> tuple[str, Any, Any, float]:
-        """Check a unary call before anything is sent: (name, method descriptor, request, deadline)."""
+        self, name: str, fields: Mapping[str, object], timeout: Optional[float], hosts: Optional[Iterable[str]]
+    ) -> _Call:
+        """Check a unary call before anything is sent."""
         self._check_open()
         method = self._method(name)
         if method.client_streaming or method.server_streaming:
@@ -487,33 +513,46 @@ class Agent:
         deadline = float(timeout) if timeout is not None else self.timeouts.call
         if deadline <= 0:
             raise UsageError(f"timeout must be positive, got {timeout!r}")
-        return name, method, request, deadline
+        return _Call(name, method, request, deadline, self._targets(hosts))
 
-    def _call(self, name: str, fields: Mapping[str, object], *, timeout: Optional[float] = None) -> Responses:
-        name, method, request, deadline = self._prepare(name, fields, timeout)
+    def _targets(self, hosts: Optional[Iterable[str]]) -> list[HostAgent]:
+        """The states of ``hosts`` (default: every host), in the agent's host order."""
+        if hosts is None:
+            return list(self._hosts.values())
+        wanted = {hosts} if isinstance(hosts, str) else set(hosts)
+        unknown = sorted(wanted - set(self._hosts))
+        if unknown:
+            raise UsageError(f"not hosts of this {type(self).__name__}: {', '.join(unknown)}")
+        return [state for host, state in self._hosts.items() if host in wanted]
+
+    def _call(
+        self,
+        name: str,
+        fields: Mapping[str, object],
+        *,
+        timeout: Optional[float] = None,
+        hosts: Optional[Iterable[str]] = None,
+    ) -> Responses:
+        call = self._prepare(name, fields, timeout, hosts)
         sink: dict[str, Outcome] = {}
         with contextlib.suppress(concurrent.futures.TimeoutError):
-            self._hub.run(self._fanout(method, request, deadline, sink), timeout=deadline + CALL_MARGIN)
-        return self._settle(name, sink, deadline)
+            self._hub.run(self._fanout(call, sink), timeout=call.deadline + CALL_MARGIN)
+        return self._settle(call, sink)
 
     async def _fanout(
-        self,
-        method: Any,
-        request: Any,
-        deadline: float,
-        sink: dict[str, Outcome],
-        on_outcome: Optional[Callable[[str, Outcome], None]] = None,
+        self, call: _Call, sink: dict[str, Outcome], on_outcome: Optional[Callable[[str, Outcome], None]] = None
     ) -> None:
         """Call ``method`` on every host; each host's outcome goes into ``sink`` (and to ``on_outcome``) as it
         comes, so a caller that stops waiting still has every answer that arrived."""
         # The hot path of every fan-out: the request is serialized once for all hosts, and each host's call
         # is one frame each way on one of its idle call streams (sshfleet/_calls.py).
+        method, deadline = call.method, call.deadline
         path = self._path(method).encode()
-        payload = request.SerializeToString()
+        payload = call.request.SerializeToString()
         reply_cls = self._pb2_message(method.output_type)
         live = []
         reviving: list[tuple[HostAgent, concurrent.futures.Future[Any]]] = []
-        for state in self._hosts.values():
+        for state in call.targets:
             if state.error is None and state.calls is not None:
                 live.append((state, state.calls))
                 continue
@@ -568,18 +607,21 @@ class Agent:
         log.error("%s: unexpected failure of %s: %r", state.host, method, result)
         return HostError(state.host, f"unexpected failure of {method}: {result!r}")
 
-    def _settle(self, name: str, sink: dict[str, Outcome], deadline: float) -> Responses:
+    def _settle(self, call: _Call, sink: dict[str, Outcome]) -> Responses:
         """The Responses of a fan-out, in host order; a host with no outcome in ``sink`` (its call did not end
         by the deadline plus the margin: a stuck stream or a blocked loop) is a CallTimeout, never lost."""
         outcomes: dict[str, Outcome] = {}
-        for host in self._hosts:
-            outcome = sink.get(host)
+        for state in call.targets:
+            outcome = sink.get(state.host)
             if outcome is None:
                 outcome = CallTimeout(
-                    host, name, "DEADLINE_EXCEEDED", f"no answer within the {deadline:g}s deadline; call abandoned"
+                    state.host,
+                    call.name,
+                    "DEADLINE_EXCEEDED",
+                    f"no answer within the {call.deadline:g}s deadline; call abandoned",
                 )
-            outcomes[host] = outcome
-        return Responses(name, outcomes, error=self._exception)
+            outcomes[state.host] = outcome
+        return Responses(call.name, outcomes, error=self._exception)
 
     def _rpc_error(self, state: HostAgent, method: str, exc: Union[grpc.aio.AioRpcError, grpc.Call]) -> HostError:
         tb = ""
@@ -618,8 +660,11 @@ class Agent:
         request: Union[Mapping[str, object], Iterable[Any], None],
         *,
         timeout: Optional[float] = None,
+        hosts: Optional[Iterable[str]] = None,
     ) -> Iterator[tuple[str, Outcome]]:
         self._check_open()
+        targets = self._targets(hosts)
+        wiring = self._wiring if hosts is None else dataclasses.replace(self._wiring, states=lambda: targets)
         method = self._method(name)
         deadline = float(timeout) if timeout is not None else self.timeouts.call
         per_host: Optional[Callable[[str], Optional[Iterable[Any]]]] = None
@@ -627,7 +672,7 @@ class Agent:
             source = request if request is not None else ()
             requests: Optional[Iterable[Any]] = None
             if isinstance(source, Mapping):
-                unknown = [h for h in source if h not in self._hosts]
+                unknown = [h for h in source if h not in {state.host for state in targets}]
                 if unknown:
                     raise UsageError(
                         f"{name} takes a stream of requests: an iterable of messages or dicts sent to every host, "
@@ -645,10 +690,9 @@ class Agent:
             if request is not None and not isinstance(request, Mapping):
                 raise UsageError(f"{name} takes one request: pass its fields as a dict")
             single = self._request(method, request or {})
-            states = list(self._hosts.values())
-            if len(states) == 1 and states[0].error is None and method.server_streaming:
-                return SingleHostStream(self._wiring, states[0], method, single, deadline)
-        return StreamCall(self._wiring, method, single, requests, deadline, per_host)
+            if len(targets) == 1 and targets[0].error is None and method.server_streaming:
+                return SingleHostStream(wiring, targets[0], method, single, deadline)
+        return StreamCall(wiring, method, single, requests, deadline, per_host)
 
     def _sync_channel(self, state: HostAgent) -> grpc.Channel:
         """A second, synchronous channel to the host's servicer, for SingleHostStream; made on first use."""
@@ -849,26 +893,36 @@ _revivers = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_pre
 _bundle_cache: dict[tuple[type, Optional[Path]], _payload.Bundle] = {}
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One unary fan-out, checked and ready to send."""
+
+    name: str
+    method: Any  # its descriptor
+    request: Any
+    deadline: float
+    targets: list[HostAgent]  # the hosts called, in the agent's host order
+
+
 class _AsCompleted(Iterator[tuple[str, Outcome]]):
     """What ``Agent.invoke_as_completed`` returns: each host's outcome as it arrives, every host once."""
 
     def __init__(
         self,
         agent: Agent,
-        name: str,
+        call: _Call,
         sink: dict[str, Outcome],
         arrived: queue.SimpleQueue[tuple[str, Outcome]],
         inner: concurrent.futures.Future[None],
-        deadline: float,
     ) -> None:
         self._agent = agent
-        self._name = name
+        self._call = call
         self._sink = sink
         self._arrived = arrived
         self._inner = inner
-        self._deadline = deadline
-        self._until = time.monotonic() + deadline + CALL_MARGIN
-        self._left = set(agent.hosts)
+        self._until = time.monotonic() + call.deadline + CALL_MARGIN
+        self._order = [state.host for state in call.targets]
+        self._left = set(self._order)
 
     def __next__(self) -> tuple[str, Outcome]:
         if not self._left:
@@ -877,8 +931,8 @@ class _AsCompleted(Iterator[tuple[str, Outcome]]):
             host, outcome = self._arrived.get(timeout=max(0.0, self._until - time.monotonic()))
         except queue.Empty:  # the hosts still silent past the margin: report them, lose none
             self.close()
-            host = min(self._left, key=self._agent.hosts.index)
-            outcome = self._agent._settle(self._name, self._sink, self._deadline)[host]
+            host = min(self._left, key=self._order.index)
+            outcome = self._agent._settle(self._call, self._sink)[host]
         except BaseException:  # Ctrl-C while waiting: the hosts' calls end with us
             self.close()
             raise

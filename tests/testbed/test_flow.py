@@ -179,3 +179,18 @@ def test_async_servicer_methods_and_the_worker_pool_size(testbed, flow_class):
             seen.append(max(markers(testbed, hosts, marker).values()))
         assert max(seen) <= 2
         assert all(w.result().success() for w in works)
+
+
+def test_a_call_to_some_of_the_agents_hosts(testbed, flow_class):
+    hosts = names(testbed, 4)
+    some = hosts[1:3]
+    with flow_class(hosts, ssh_options=testbed.ssh_options()) as agent:
+        replies = agent.invoke("Work", {"seconds": 0, "marker": "subset"}, hosts=some)
+        assert list(replies) == some and replies.success()
+        assert [h for h, _ in agent.invoke_as_completed("Work", {"seconds": 0}, hosts=[some[0]])] == [some[0]]
+        future = agent.invoke_future("Work", {"seconds": 0}, hosts=reversed(some))
+        assert list(future.result(timeout=60)) == some  # host order, whatever order they were named in
+        summed = dict(agent.invoke_stream("Sum", [{"value": 2}], hosts=some))
+        assert set(summed) == set(some) and {r.total for r in summed.values()} == {2}
+        with pytest.raises(UsageError, match="not hosts of this FlowAgent: nosuch"):
+            agent.invoke("Work", {}, hosts=["nosuch"])
