@@ -39,10 +39,12 @@ _packages = itertools.count()
 class FakeAgent:
     """Stands in for sshfleet.Agent with only its public hooks: records what a generated method asks of them."""
 
-    def invoke(self, method: str, fields: Any, *, timeout: Any = None) -> tuple[Any, ...]:
+    def invoke(self, method: str, fields: Any, *, timeout: Any = None, hosts: Any = None) -> tuple[Any, ...]:
         return ("call", method, dict(fields), timeout)
 
-    def invoke_stream(self, method: str, request: Any = None, *, timeout: Any = None) -> tuple[Any, ...]:
+    def invoke_stream(
+        self, method: str, request: Any = None, *, timeout: Any = None, hosts: Any = None
+    ) -> tuple[Any, ...]:
         return ("stream", method, request, timeout)
 
 
