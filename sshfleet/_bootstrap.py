@@ -106,6 +106,54 @@ def discovery_command() -> str:
     return f"exec /bin/sh -c {shlex.quote(script)} {shlex.quote(LOADER)}"
 
 
+# Bundles go out in pieces this size, each bounded by what is left of the deadline: one ``sendall`` of a whole
+# bundle on a slow link waits per send, so a 256 kbit/s link used to overrun the bootstrap deadline twofold.
+SEND_CHUNK = 64 << 10
+
+
+def send_within(chan: Channel, data: bytes, deadline: float) -> None:
+    """Send ``data`` completely by ``deadline`` (``time.monotonic()``), or raise socket.timeout.
+
+    ``settimeout`` bounds each send of a channel, not a transfer; so each chunk gets what is left of the deadline,
+    and a host that takes in bytes too slowly fails at the deadline, however slowly it trickles.
+    """
+    view = memoryview(data)
+    while view:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout()
+        chan.settimeout(remaining)
+        sent = chan.send(bytes(view[:SEND_CHUNK]))
+        if sent <= 0:
+            raise EOFError("the channel closed while sending")
+        view = view[sent:]
+
+
+def close_quietly(chan: Channel) -> None:
+    """Close a channel on an error path: a channel whose connection just died may raise again on close
+    (paramiko's close sends a message on the dead transport), which must not hide the first error."""
+    try:
+        chan.close()
+    except Exception as exc:  # the channel is gone either way; the first error is the one to report
+        log.debug("closing a broken channel raised %r", exc)
+
+
+def parse_line(line: bytes) -> Optional[tuple[str, dict[str, Any]]]:
+    """One stdout line of the bootstrap as ``(kind, payload)``, or None for anything that is not a well-formed
+    ``SSHFLEET <KIND> <json object>`` line (a heartbeat, noise from a login script, a garbled line)."""
+    if not line.startswith(b"SSHFLEET "):
+        return None
+    kind, _, body = line[len(b"SSHFLEET ") :].partition(b" ")
+    try:
+        payload = json.loads(body)
+        name = kind.decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(payload, dict) or not name.isalpha():
+        return None
+    return name, payload
+
+
 class _Unusable(Exception):
     """The interpreter could not run the bootstrap at all, or is too old: another one may do."""
 
@@ -220,21 +268,20 @@ class _Attempt:
             code = _payload.bootstrap_source()
             full_config = {**self.config, "agent": self.agent.hash, "deps": dict(self.deps)}
             head = str(len(code)).encode() + b"\n" + code + json.dumps(full_config).encode() + b"\n"
-            chan.settimeout(timeout)
-            chan.sendall(head)
+            send_within(chan, head, self.deadline)
             stats.bytes_sent += len(head)
             while True:
                 line = reader.readline()
                 if line is None:
                     error = _exited(conn, chan, reader, python, spoke)
                     raise error if spoke else _Unusable(error)
-                if not line.startswith(b"SSHFLEET "):
+                parsed = parse_line(line)
+                if parsed is None:
                     continue  # e.g. a heartbeat or noise from a login script
                 spoke = True
-                kind, _, body = line[len(b"SSHFLEET ") :].partition(b" ")
-                payload = json.loads(body)
+                kind, payload = parsed
                 stats.round_trips += 1
-                if kind == b"READY":
+                if kind == "READY":
                     stats.seconds = time.monotonic() - self.started
                     return ServicerProcess(
                         host=host,
@@ -247,26 +294,26 @@ class _Attempt:
                         stats=stats,
                         stderr_tail=bytearray(reader.stderr),
                     )
-                if kind == b"ERROR":
+                if kind == "ERROR":
                     cls = _ERROR_KINDS.get(payload.get("kind", ""), BootstrapError)
                     tail = payload.get("traceback") or reader.tail()
                     failure = cls(host, payload.get("message", "bootstrap failed"), log_tail=tail)
                     raise _Unusable(failure) if payload.get("reason") == "too_old" else failure
-                if kind == b"NEED":
-                    # The reader leaves a short poll timeout on the channel; sending a bundle may wait on the
-                    # host's window for longer, so it gets what is left of the whole deadline.
-                    chan.settimeout(max(reader.deadline - time.monotonic(), 0.001))
-                    _ship(conn, chan, payload, self.agent, stats)
+                if kind == "NEED":
+                    _ship(conn, chan, payload, self.agent, stats, self.deadline)
         except socket.timeout:
-            chan.close()
+            close_quietly(chan)
+            shipping = f" (shipping {', '.join(stats.shipped)})" if stats.shipped else ""
             raise BootstrapError(
-                host, f"the servicer did not start within {self.deadline - self.started:g}s", log_tail=reader.tail()
+                host,
+                f"the servicer did not start within {self.deadline - self.started:g}s{shipping}",
+                log_tail=_tail_quietly(reader),
             ) from None
-        except (OSError, EOFError) as exc:
-            chan.close()
-            raise ChannelError(host, f"the connection broke during bootstrap: {exc}") from exc
+        except (OSError, EOFError, ConnectionError) as exc:
+            close_quietly(chan)
+            raise ChannelError(host, f"the connection broke during bootstrap: {_describe(exc)}") from exc
         except (BootstrapError, _Unusable):
-            chan.close()
+            close_quietly(chan)
             raise
 
 
@@ -276,7 +323,9 @@ def _ship(
     need: Mapping[str, Any],
     agent: _payload.Bundle,
     stats: BootstrapStats,
+    deadline: float,
 ) -> None:
+    """Send each bundle the host said it lacks; the whole transfer ends by ``deadline`` or raises socket.timeout."""
     facts = need["facts"]
     for name in need["missing"]:
         if name == "agent":
@@ -286,13 +335,13 @@ def _ship(
                 bundle = _payload.deps_bundle(facts)
             except _payload.DepsUnavailable as exc:
                 message = f"cannot serve Python {facts['python']} ({facts['executable']}): {exc}"
-                chan.sendall(json.dumps({"error": message, "kind": "no_python"}).encode() + b"\n")
+                send_within(chan, json.dumps({"error": message, "kind": "no_python"}).encode() + b"\n", deadline)
                 raise RemotePythonError(conn.host, message) from exc
         log.info("[host=%s] shipping %s bundle %s (%d bytes)", conn.host, name, bundle.hash[:12], bundle.size)
-        chan.sendall(bundle.header())
-        chan.sendall(bundle.data)
-        stats.bytes_sent += bundle.size
         stats.shipped.append(name)
+        send_within(chan, bundle.header(), deadline)
+        send_within(chan, bundle.data, deadline)
+        stats.bytes_sent += bundle.size
 
 
 def _exited(conn: Connection, chan: Channel, reader: _LineReader, python: str, spoke: bool) -> BootstrapError:
@@ -301,8 +350,8 @@ def _exited(conn: Connection, chan: Channel, reader: _LineReader, python: str, s
     while not chan.exit_status_ready() and time.monotonic() < settle:
         time.sleep(0.01)
     status = chan.recv_exit_status() if chan.exit_status_ready() else -1
-    tail = reader.tail()
-    chan.close()
+    tail = _tail_quietly(reader)
+    close_quietly(chan)
     if python == "discovery":
         return RemotePythonError(conn.host, tail.strip() or f"interpreter discovery failed (status {status})", tail)
     if status == 127 or "not found" in tail or "No such file" in tail:
@@ -322,3 +371,18 @@ def _exited(conn: Connection, chan: Channel, reader: _LineReader, python: str, s
             log_tail=tail,
         )
     return BootstrapError(conn.host, f"the bootstrap exited with status {status} before the servicer started", tail)
+
+
+def _tail_quietly(reader: _LineReader) -> str:
+    """The stderr seen so far; reading more from a channel whose connection died must not raise again."""
+    try:
+        return reader.tail()
+    except Exception:  # the connection died: what was read before is all there is
+        return bytes(reader.stderr[-4000:]).decode("utf-8", "replace")
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's text for a message: paramiko's EOFError() says nothing, so it is named for what it means."""
+    if isinstance(exc, EOFError) and not str(exc):
+        return "the SSH connection closed"
+    return str(exc) or type(exc).__name__
