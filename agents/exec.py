@@ -51,6 +51,7 @@ class ExecAgent(sshfleet.Agent):
         timeout: Optional[float] = None,
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
+        detach: Optional[bool] = None,
         rpc_timeout: Optional[float] = None,
     ) -> Responses:
         """Run one command to completion and return its exit status and collected stdout/stderr.
@@ -66,6 +67,12 @@ class ExecAgent(sshfleet.Agent):
                 later); 0: no limit.
             env (map<string, string>): Variables added to (or replacing those of) the login environment.
             cwd (string): Working directory; default: the login user's home directory.
+            detach (bool): Leave the command running after the agent closes: it starts in a session of its
+                own with stdin, stdout and stderr on /dev/null, Run answers at once with its pid, and
+                neither the run's end nor the servicer's end kills it or what it starts in that session.
+                Without detach, everything a command starts (with &, nohup, setsid or a double fork alike)
+                is killed when the servicer ends (for `sshfleet run`: when the run ends). Run only; ignored
+                by Session.
             rpc_timeout: deadline of the call in seconds (None: the agent's default).
 
         Returns:
@@ -81,6 +88,7 @@ class ExecAgent(sshfleet.Agent):
                 "timeout": timeout,
                 "env": env,
                 "cwd": cwd,
+                "detach": detach,
             },
             timeout=rpc_timeout,
         )

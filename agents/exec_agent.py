@@ -126,6 +126,7 @@ class ExecAgent(_GeneratedExecAgent):
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
         rpc_timeout: Optional[float] = None,
+        detach: bool = False,
     ) -> Responses:
         """Run one command on every host to completion: Responses of RunReply (exit_code, signal, timed_out,
         stdout, stderr, success = exit code 0), or a HostError for a host that could not be asked.
@@ -133,10 +134,18 @@ class ExecAgent(_GeneratedExecAgent):
         ``timeout`` is the command's (SIGTERM, then SIGKILL); the call's own deadline is ``rpc_timeout``,
         by default ``timeout`` + 30 s, or the agent's call timeout when the command has none. A call that
         ends early (deadline, Ctrl-C) kills the command on the host.
+
+        Everything a command starts in the background (``&``, ``nohup``, ``setsid``, a double fork) is killed
+        when the agent closes. ``detach=True`` leaves the command running instead: it starts in a session of
+        its own with stdin, stdout and stderr on /dev/null (redirect in ``shell`` to keep its output), and Run
+        answers at once with its ``pid`` (exit_code 0 once it started).
         """
+        if detach and (stdin is not None or stdin_open or timeout is not None):
+            raise UsageError("a detached command takes no stdin and no timeout: it outlives the call")
         request = _command(
             argv, shell, _as_bytes(stdin) if stdin is not None else None, bool(stdin_open), timeout, env, cwd
         )
+        request.detach = detach
         deadline = rpc_timeout if rpc_timeout is not None else (timeout + DEADLINE_MARGIN if timeout else None)
         fields = {f.name: getattr(request, f.name) for f in request.DESCRIPTOR.fields}
         fields["env"] = dict(request.env)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nexec.proto\x12\x04\x65xec\"\xbe\x01\n\nRunRequest\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12\x12\n\nstdin_open\x18\x04 \x01(\x08\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12&\n\x03\x65nv\x18\x06 \x03(\x0b\x32\x19.exec.RunRequest.EnvEntry\x12\x0b\n\x03\x63wd\x18\x07 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa0\x01\n\x08RunReply\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\x05\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\x0e\n\x06stdout\x18\x06 \x01(\x0c\x12\x0e\n\x06stderr\x18\x07 \x01(\x0c\x12\x0f\n\x07started\x18\x08 \x01(\x08\x12\x0b\n\x03pid\x18\t \x01(\x05\"(\n\nWindowSize\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\"n\n\x0cSessionStart\x12!\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x10.exec.RunRequest\x12\x0b\n\x03pty\x18\x02 \x01(\x08\x12\x0c\n\x04term\x18\x03 \x01(\t\x12 \n\x06window\x18\x04 \x01(\x0b\x32\x10.exec.WindowSize\"\xa0\x01\n\x0cSessionInput\x12#\n\x05start\x18\x01 \x01(\x0b\x32\x12.exec.SessionStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\r\n\x03\x65of\x18\x03 \x01(\x08H\x00\x12\x1e\n\x06signal\x18\x04 \x01(\x0e\x32\x0c.exec.SignalH\x00\x12\"\n\x06window\x18\x05 \x01(\x0b\x32\x10.exec.WindowSizeH\x00\x42\x07\n\x05input\"4\n\x06Output\x12\x1c\n\x06stream\x18\x01 \x01(\x0e\x32\x0c.exec.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"X\n\rSessionOutput\x12\x1e\n\x06output\x18\x01 \x01(\x0b\x32\x0c.exec.OutputH\x00\x12\x1e\n\x04\x65xit\x18\x02 \x01(\x0b\x32\x0e.exec.RunReplyH\x00\x42\x07\n\x05\x65vent*\x98\x01\n\x06Signal\x12\r\n\tNO_SIGNAL\x10\x00\x12\n\n\x06SIGHUP\x10\x01\x12\n\n\x06SIGINT\x10\x02\x12\x0b\n\x07SIGQUIT\x10\x03\x12\x0b\n\x07SIGKILL\x10\t\x12\x0b\n\x07SIGUSR1\x10\n\x12\x0b\n\x07SIGUSR2\x10\x0c\x12\x0b\n\x07SIGTERM\x10\x0f\x12\x0b\n\x07SIGCONT\x10\x12\x12\x0b\n\x07SIGSTOP\x10\x13\x12\x0c\n\x08SIGWINCH\x10\x1c*8\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\n\n\x06STDOUT\x10\x01\x12\n\n\x06STDERR\x10\x02\x32p\n\tExecAgent\x12)\n\x03Run\x12\x10.exec.RunRequest\x1a\x0e.exec.RunReply\"\x00\x12\x38\n\x07Session\x12\x12.exec.SessionInput\x1a\x13.exec.SessionOutput\"\x00(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nexec.proto\x12\x04\x65xec\"\xce\x01\n\nRunRequest\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12\x12\n\nstdin_open\x18\x04 \x01(\x08\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12&\n\x03\x65nv\x18\x06 \x03(\x0b\x32\x19.exec.RunRequest.EnvEntry\x12\x0b\n\x03\x63wd\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tach\x18\x08 \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa0\x01\n\x08RunReply\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\x05\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\x0e\n\x06stdout\x18\x06 \x01(\x0c\x12\x0e\n\x06stderr\x18\x07 \x01(\x0c\x12\x0f\n\x07started\x18\x08 \x01(\x08\x12\x0b\n\x03pid\x18\t \x01(\x05\"(\n\nWindowSize\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\"n\n\x0cSessionStart\x12!\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x10.exec.RunRequest\x12\x0b\n\x03pty\x18\x02 \x01(\x08\x12\x0c\n\x04term\x18\x03 \x01(\t\x12 \n\x06window\x18\x04 \x01(\x0b\x32\x10.exec.WindowSize\"\xa0\x01\n\x0cSessionInput\x12#\n\x05start\x18\x01 \x01(\x0b\x32\x12.exec.SessionStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\r\n\x03\x65of\x18\x03 \x01(\x08H\x00\x12\x1e\n\x06signal\x18\x04 \x01(\x0e\x32\x0c.exec.SignalH\x00\x12\"\n\x06window\x18\x05 \x01(\x0b\x32\x10.exec.WindowSizeH\x00\x42\x07\n\x05input\"4\n\x06Output\x12\x1c\n\x06stream\x18\x01 \x01(\x0e\x32\x0c.exec.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"X\n\rSessionOutput\x12\x1e\n\x06output\x18\x01 \x01(\x0b\x32\x0c.exec.OutputH\x00\x12\x1e\n\x04\x65xit\x18\x02 \x01(\x0b\x32\x0e.exec.RunReplyH\x00\x42\x07\n\x05\x65vent*\x98\x01\n\x06Signal\x12\r\n\tNO_SIGNAL\x10\x00\x12\n\n\x06SIGHUP\x10\x01\x12\n\n\x06SIGINT\x10\x02\x12\x0b\n\x07SIGQUIT\x10\x03\x12\x0b\n\x07SIGKILL\x10\t\x12\x0b\n\x07SIGUSR1\x10\n\x12\x0b\n\x07SIGUSR2\x10\x0c\x12\x0b\n\x07SIGTERM\x10\x0f\x12\x0b\n\x07SIGCONT\x10\x12\x12\x0b\n\x07SIGSTOP\x10\x13\x12\x0c\n\x08SIGWINCH\x10\x1c*8\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\n\n\x06STDOUT\x10\x01\x12\n\n\x06STDERR\x10\x02\x32p\n\tExecAgent\x12)\n\x03Run\x12\x10.exec.RunRequest\x1a\x0e.exec.RunReply\"\x00\x12\x38\n\x07Session\x12\x12.exec.SessionInput\x1a\x13.exec.SessionOutput\"\x00(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,26 +34,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNREQUEST_ENVENTRY']._loaded_options = None
   _globals['_RUNREQUEST_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_SIGNAL']._serialized_start=838
-  _globals['_SIGNAL']._serialized_end=990
-  _globals['_STREAM']._serialized_start=992
-  _globals['_STREAM']._serialized_end=1048
+  _globals['_SIGNAL']._serialized_start=854
+  _globals['_SIGNAL']._serialized_end=1006
+  _globals['_STREAM']._serialized_start=1008
+  _globals['_STREAM']._serialized_end=1064
   _globals['_RUNREQUEST']._serialized_start=21
-  _globals['_RUNREQUEST']._serialized_end=211
-  _globals['_RUNREQUEST_ENVENTRY']._serialized_start=169
-  _globals['_RUNREQUEST_ENVENTRY']._serialized_end=211
-  _globals['_RUNREPLY']._serialized_start=214
-  _globals['_RUNREPLY']._serialized_end=374
-  _globals['_WINDOWSIZE']._serialized_start=376
-  _globals['_WINDOWSIZE']._serialized_end=416
-  _globals['_SESSIONSTART']._serialized_start=418
-  _globals['_SESSIONSTART']._serialized_end=528
-  _globals['_SESSIONINPUT']._serialized_start=531
-  _globals['_SESSIONINPUT']._serialized_end=691
-  _globals['_OUTPUT']._serialized_start=693
-  _globals['_OUTPUT']._serialized_end=745
-  _globals['_SESSIONOUTPUT']._serialized_start=747
-  _globals['_SESSIONOUTPUT']._serialized_end=835
-  _globals['_EXECAGENT']._serialized_start=1050
-  _globals['_EXECAGENT']._serialized_end=1162
+  _globals['_RUNREQUEST']._serialized_end=227
+  _globals['_RUNREQUEST_ENVENTRY']._serialized_start=185
+  _globals['_RUNREQUEST_ENVENTRY']._serialized_end=227
+  _globals['_RUNREPLY']._serialized_start=230
+  _globals['_RUNREPLY']._serialized_end=390
+  _globals['_WINDOWSIZE']._serialized_start=392
+  _globals['_WINDOWSIZE']._serialized_end=432
+  _globals['_SESSIONSTART']._serialized_start=434
+  _globals['_SESSIONSTART']._serialized_end=544
+  _globals['_SESSIONINPUT']._serialized_start=547
+  _globals['_SESSIONINPUT']._serialized_end=707
+  _globals['_OUTPUT']._serialized_start=709
+  _globals['_OUTPUT']._serialized_end=761
+  _globals['_SESSIONOUTPUT']._serialized_start=763
+  _globals['_SESSIONOUTPUT']._serialized_end=851
+  _globals['_EXECAGENT']._serialized_start=1066
+  _globals['_EXECAGENT']._serialized_end=1178
 # @@protoc_insertion_point(module_scope)

@@ -43,7 +43,7 @@ STDOUT: Stream
 STDERR: Stream
 
 class RunRequest(_message.Message):
-    __slots__ = ("argv", "shell", "stdin", "stdin_open", "timeout", "env", "cwd")
+    __slots__ = ("argv", "shell", "stdin", "stdin_open", "timeout", "env", "cwd", "detach")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class RunRequest(_message.Message):
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     CWD_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
     argv: _containers.RepeatedScalarFieldContainer[str]
     shell: str
     stdin: bytes
@@ -65,7 +66,8 @@ class RunRequest(_message.Message):
     timeout: float
     env: _containers.ScalarMap[str, str]
     cwd: str
-    def __init__(self, argv: _Optional[_Iterable[str]] = ..., shell: _Optional[str] = ..., stdin: _Optional[bytes] = ..., stdin_open: _Optional[bool] = ..., timeout: _Optional[float] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ...) -> None: ...
+    detach: bool
+    def __init__(self, argv: _Optional[_Iterable[str]] = ..., shell: _Optional[str] = ..., stdin: _Optional[bytes] = ..., stdin_open: _Optional[bool] = ..., timeout: _Optional[float] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., detach: _Optional[bool] = ...) -> None: ...
 
 class RunReply(_message.Message):
     __slots__ = ("success", "comment", "exit_code", "signal", "timed_out", "stdout", "stderr", "started", "pid")

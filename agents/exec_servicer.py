@@ -10,7 +10,9 @@ What the usual ad-hoc runners get wrong and this does on purpose:
 * without stdin the command's stdin is /dev/null, so a command that reads it ends instead of hanging;
 * each command leads its own process group (pty commands their own session), so a signal reaches the
   children too, and everything a command left running is killed when its RPC is abandoned or the agent
-  closes (Shutdown);
+  closes (Shutdown; what escaped its group with setsid or a double fork, the runtime's supervisor kills);
+* a command run with ``detach`` is the one exception, on purpose: it starts in a session of its own, the
+  supervisor is told to spare that session, and Run answers at once;
 * with a pty the command gets a real terminal (controlling tty, window size, TERM), so curses programs work.
 """
 
@@ -519,6 +521,8 @@ class ExecAgentServicer(pb_grpc.ExecAgentServicer):
 
     def Run(self, request, context):
         """Run one command to completion and return its exit status and collected stdout/stderr."""
+        if request.detach:
+            return _run_detached(request, context)
         command = Command(request)
         try:
             command.start()
@@ -567,6 +571,48 @@ class ExecAgentServicer(pb_grpc.ExecAgentServicer):
         for stream, data in command.events():
             yield pb.SessionOutput(output=pb.Output(stream=stream, data=data))
         yield pb.SessionOutput(exit=command.reply())
+
+
+def _leave_running(pid):
+    """Tell the runtime's supervisor to spare ``pid``'s session when the servicer ends (False without one)."""
+    try:
+        import sshfleet_runtime
+    except ImportError:  # imported on the controller (tests, the template check): nothing supervises it
+        return False
+    return sshfleet_runtime.leave_running(pid)
+
+
+def _run_detached(request, context):
+    """Start the command in a session of its own, outside what the servicer's end kills, and answer at once."""
+    try:
+        argv = Command(request).argv()
+    except ValueError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    env = dict(os.environ)
+    env.update(request.env)
+    cwd = request.cwd or os.path.expanduser("~")
+    if not os.path.isdir(cwd):
+        return _not_started(StartError(126, "cannot change directory to %s: %s" % (cwd, os.strerror(errno.ENOENT))))
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
+            close_fds=True,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        return _not_started(StartError(127, "%s: command not found" % argv[0]))
+    except OSError as exc:
+        return _not_started(StartError(126, "%s: %s" % (argv[0], exc.strerror or exc)))
+    spared = _leave_running(process.pid)
+    # Reaped here while the servicer lives, so that it never lingers as a zombie of ours.
+    threading.Thread(target=process.wait, name="exec-detached-%d" % process.pid, daemon=True).start()
+    log.info("started pid %d detached%s: %r", process.pid, "" if spared else " (no supervisor here)", argv)
+    return pb.RunReply(success=True, comment="detached", exit_code=0, started=True, pid=process.pid)
 
 
 def _feed(request_iterator, command):

@@ -162,6 +162,220 @@ def install_bundle(cache, meta, stream):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# A session directory's owner: "<hostname> <boot id> <pid of its supervisor>", so that a later start can tell a
+# live session from the debris of one whose supervisor died (OOM killer, reboot), even when hosts share $HOME.
+OWNER_FILE = "owner"
+# The pids (one a line) whose sessions the supervisor leaves running: commands started with detach.
+DETACHED_FILE = "detached"
+MARKER = b"sshfleet-servicer"
+PR_SET_CHILD_SUBREAPER = 36
+KILL_GRACE = 2.0
+
+
+def host_identity():
+    """(hostname, boot id): a pid means something only on the host and boot that wrote it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = "-"
+    return platform.node() or "-", boot
+
+
+def is_servicer(pid):
+    """Whether ``pid`` is alive and one of ours (its command line carries the marker), not a reused pid."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return MARKER in f.read()
+    except OSError:
+        pass
+    if os.path.isdir("/proc"):
+        return False
+    try:  # no /proc: all we can tell is whether the pid is alive
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def sweep_stale_sessions(sessions, identity):
+    """Remove the session directories of servicers that are no longer alive on this host.
+
+    A supervisor removes its session directory when its servicer ends; only a killed supervisor (OOM killer,
+    reboot) leaves one behind, and the next start on the host removes it. A directory of another host (a shared
+    $HOME) is left to that host; one without an owner file is someone's start in progress, left alone.
+    """
+    import shutil
+
+    try:
+        names = os.listdir(sessions)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(sessions, name)
+        try:
+            with open(os.path.join(path, OWNER_FILE)) as f:
+                hostname, boot, pid = f.read().split()
+            pid = int(pid)
+        except (OSError, ValueError):
+            continue
+        if hostname != identity[0]:
+            continue
+        if boot == identity[1] and is_servicer(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _proc_table():
+    """{pid: (ppid, session id)} of every live process we can see."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X"):
+            table[int(entry)] = (int(fields[1]), int(fields[3]))
+    return table
+
+
+def _detached(session_dir):
+    try:
+        with open(os.path.join(session_dir, DETACHED_FILE)) as f:
+            return set(int(line) for line in f if line.strip().isdigit())
+    except OSError:
+        return set()
+
+
+def _descendants(root, spared):
+    """Every live descendant of ``root``, except the subtrees of processes in a spared (detached) session."""
+    table = _proc_table()
+    children = {}
+    for pid, (ppid, _sid) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        if pid in spared or table[pid][1] in spared:
+            continue
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def _reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def kill_descendants(session_dir, grace=KILL_GRACE):
+    """SIGTERM everything below us (as a subreaper, that is everything the servicer started, however it was
+    started: setsid, a double fork, nohup), then SIGKILL what is still there after ``grace``, until none is left.
+    Detached sessions (DETACHED_FILE) are spared."""
+    import signal
+    import time
+
+    spared = _detached(session_dir)
+    me = os.getpid()
+    victims = _descendants(me, spared)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.time() + grace
+    while victims and time.time() < deadline:
+        time.sleep(0.05)
+        _reap()
+        victims = _descendants(me, spared)
+    for _ in range(50):  # a process forking as fast as we kill gets SIGKILLed over a few rounds
+        if not victims:
+            break
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.02)
+        _reap()
+        victims = _descendants(me, spared)
+
+
+def supervise(session_dir):
+    """Split in two: the child returns and becomes the servicer; this process stays as its supervisor.
+
+    The supervisor is the exec'd process sshd waits for, and a child subreaper (prctl PR_SET_CHILD_SUBREAPER):
+    whatever the servicer starts stays below it even after a setsid or a double fork. When the servicer ends,
+    however it ended (stdin EOF, STOP, os._exit, SIGKILL, the OOM killer), the supervisor kills every process
+    below it except detached ones, removes the session directory and exits with the servicer's status. Linux
+    only (elsewhere the servicer kills its own process group, as before). Returns whether the caller is now
+    supervised.
+    """
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return False
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(ready_w)
+        os.read(ready_r, 1)  # the supervisor is a subreaper before the servicer can start anything
+        os.close(ready_r)
+        return True
+    os.close(ready_r)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except Exception:
+        pass  # without it, daemons escape as before; the process group is still killed
+    os.write(ready_w, b"x")
+    os.close(ready_w)
+    _supervise(child, session_dir)
+
+
+def _supervise(child, session_dir):
+    import shutil
+    import signal
+
+    def forward(signum, frame):
+        try:
+            os.kill(child, signal.SIGTERM)
+        except OSError:
+            pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    try:
+        os.close(0)  # the servicer reads the controller's lines; our copy of stdin would only keep it open
+    except OSError:
+        pass
+    status = 0
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)  # also reaps orphans that died while the servicer lived
+        except ChildProcessError:
+            break
+        if pid == child:
+            break
+    try:
+        kill_descendants(session_dir)
+    finally:
+        shutil.rmtree(session_dir, ignore_errors=True)
+    if os.WIFSIGNALED(status):
+        os._exit(128 + os.WTERMSIG(status))
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+
+
 class LazyModules:
     """Modules that `import grpc` / protobuf load but a sync servicer never uses, loaded lazily: on first
     attribute access, if a servicer does. grpc.aio pulls asyncio, ssl and typing_extensions; cygrpc imports
@@ -223,7 +437,15 @@ def main():
             wanted[meta["name"]] = meta["hash"]
 
     sessions = private_dir(os.path.join(cache, "sessions"))
+    identity = host_identity()
+    sweep_stale_sessions(sessions, identity)
     session_dir = private_dir(os.path.join(sessions, config["session"]))
+    with open(os.path.join(session_dir, OWNER_FILE), "w") as f:
+        f.write("%s %s %d\n" % (identity[0], identity[1], os.getpid()))
+    supervisor = os.getpid()
+    config["supervised"] = supervise(session_dir)
+    if config["supervised"]:
+        config["supervisor_pid"] = supervisor
     sys.path[:0] = [os.path.join(cache, wanted["agent"]), os.path.join(cache, wanted["deps"])]
     sys.meta_path.insert(0, LazyModules)
     try:

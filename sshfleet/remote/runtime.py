@@ -344,33 +344,83 @@ class _AsyncRequests:
 _END = object()
 
 
-def _limited(behavior, limit, streaming_reply):
-    """``behavior`` run only while it holds one of the ``limit`` worker slots (the agent's max_workers), waiting
-    for one no longer than the call's deadline."""
+# How long every worker may stay stuck past its call's deadline, with calls being refused meanwhile, before the
+# servicer gives up and exits so that the controller starts a fresh one on the next call (issue: a host whose
+# workers all ignore their deadlines used to stay wedged until a new agent was made).
+STUCK_RESTART = 10.0
 
-    def acquire(context):
+
+class Workers:
+    """The agent's ``max_workers`` slots for blocking servicer code, and what holds each: a call and its deadline.
+
+    ``wedged()`` tells when every slot has been held past its call's deadline for ``STUCK_RESTART`` seconds while
+    another call was refused: the servicer then exits (see Session.watch_liveness), the controller's lifeline sees
+    its channel close, and the next call restarts it.
+    """
+
+    def __init__(self, count):
+        self.count = count
+        self._slots = threading.BoundedSemaphore(count)
+        self._lock = threading.Lock()
+        self._held = {}  # token -> the call's deadline (time.monotonic()), None when it has none
+        self._next = 0
+        self.refused_at = None
+
+    def acquire(self, context):
         remaining = context.time_remaining()
-        if not limit.acquire(timeout=max(0.0, remaining) if remaining is not None else None):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "every servicer worker stayed busy past the deadline")
+        if not self._slots.acquire(timeout=max(0.0, remaining) if remaining is not None else None):
+            with self._lock:
+                self.refused_at = time.monotonic()
+                stuck = sum(1 for d in self._held.values() if d is not None and d < time.monotonic())
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "every servicer worker stayed busy past the deadline (%d of %d held by calls past their own "
+                "deadlines; the servicer restarts once all of them are stuck for %gs)"
+                % (stuck, self.count, STUCK_RESTART),
+            )
+        with self._lock:
+            self._next += 1
+            token = self._next
+            self._held[token] = None if remaining is None else time.monotonic() + remaining
+        return token
+
+    def release(self, token):
+        with self._lock:
+            self._held.pop(token, None)
+        self._slots.release()
+
+    def wedged(self, now=None):
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if len(self._held) < self.count or self.refused_at is None:
+                return False
+            if any(d is None or now - d < STUCK_RESTART for d in self._held.values()):
+                return False
+            return self.refused_at > max(self._held.values())
+
+
+def _limited(behavior, limit, streaming_reply):
+    """``behavior`` run only while it holds one of the worker slots of ``limit`` (a Workers: the agent's
+    max_workers), waiting for one no longer than the call's deadline."""
 
     if streaming_reply:
 
         def stream(request, context):
-            acquire(context)
+            token = limit.acquire(context)
             try:
                 for reply in behavior(request, context):
                     yield reply
             finally:
-                limit.release()
+                limit.release(token)
 
         return stream
 
     def unary(request, context):
-        acquire(context)
+        token = limit.acquire(context)
         try:
             return behavior(request, context)
         finally:
-            limit.release()
+            limit.release(token)
 
     return unary
 
@@ -415,7 +465,7 @@ class _Registrar:
     def __init__(self, server, calls, workers):
         self._server = server
         self._calls = calls
-        self._limit = threading.BoundedSemaphore(workers)  # blocking servicer code running at once
+        self.workers = self._limit = Workers(workers)  # blocking servicer code running at once
 
     def add_generic_rpc_handlers(self, handlers):
         for handler in handlers:
@@ -482,6 +532,7 @@ class Session:
         self.last_heard = time.monotonic()
         self.modules = []
         self.server = None
+        self.workers = None
 
     def watch_controller(self):
         """Read heartbeats / STOP from the controller; EOF means the controller or its connection is gone."""
@@ -508,6 +559,19 @@ class Session:
             if time.monotonic() - self.last_heard > liveness:
                 log.warning("no heartbeat from the controller for %.0fs: stopping", liveness)
                 self.stopping.set()
+            supervisor = self.config.get("supervisor_pid")
+            if supervisor and os.getppid() != supervisor:
+                log.warning("the supervisor (pid %d) is gone: stopping", supervisor)
+                self.config["supervised"] = False  # nobody else will remove the session directory
+                self.stopping.set()
+            if self.workers is not None and self.workers.wedged():
+                log.error(
+                    "all %d workers have been stuck past their calls' deadlines for %gs and calls are refused: "
+                    "stopping, so that the controller starts a fresh servicer",
+                    self.workers.count,
+                    STUCK_RESTART,
+                )
+                self.stopping.set()
 
     def stop(self):
         if self.server is not None:
@@ -521,7 +585,8 @@ class Session:
                     log.exception("Shutdown() of %s raised", module.__name__)
         kill_process_group()
         logging.shutdown()
-        shutil.rmtree(self.session_dir, ignore_errors=True)
+        if not self.config.get("supervised"):
+            shutil.rmtree(self.session_dir, ignore_errors=True)  # else the supervisor does, after the kill
 
 
 def _version(text):
@@ -625,18 +690,39 @@ def controller_stub(spec):
     return stub_class(grpc.intercept_channel(channel, _Token(spec["secret"])))
 
 
+# servicer.log is capped: past LOG_MAX_BYTES it is rotated once (servicer.log.1), so a chatty servicer holds at
+# most twice that on the host's disk.
+LOG_MAX_BYTES = 8 << 20
+
+_session_dir = None
+
+
+def leave_running(pid):
+    """Leave process ``pid`` and everything in its session (setsid) running when the servicer ends: what
+    ``detach`` means. Without it, the supervisor kills every process the servicer started. Returns whether it
+    could be recorded (False when no supervisor watches this servicer)."""
+    if _session_dir is None:
+        return False
+    with open(os.path.join(_session_dir, "detached"), "a") as f:
+        f.write("%d\n" % pid)
+    return True
+
+
 def serve(config, facts, session_dir, stdin, emit):
+    global _session_dir
     if os.getpgid(0) != os.getpid():
         try:
             os.setpgid(0, 0)
         except OSError:
             pass
+    if config.get("supervised"):
+        _session_dir = session_dir
+    from logging.handlers import RotatingFileHandler
+
     log_path = os.path.join(session_dir, "servicer.log")
-    logging.basicConfig(
-        filename=log_path,
-        level=config.get("log_level", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = RotatingFileHandler(log_path, maxBytes=int(config.get("log_max_bytes", LOG_MAX_BYTES)), backupCount=1)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(handlers=[handler], level=config.get("log_level", "INFO"))
     os.chdir(session_dir)
     session = Session(config, session_dir, stdin)
     try:
@@ -657,6 +743,7 @@ def serve(config, facts, session_dir, stdin, emit):
         facts["compat_gencode"] = use_compat_gencode(os.path.dirname(os.path.abspath(__file__)), facts)
         calls = Calls()
         registrar = _Registrar(server, calls, int(config.get("workers", 64)))
+        session.workers = registrar.workers
         controller = controller_stub(config.get("controller"))
         for name in config["servicers"]:
             module = importlib.import_module(name)
@@ -688,9 +775,17 @@ def serve(config, facts, session_dir, stdin, emit):
         os.getpid(),
         facts["python"],
     )
+    # "pid" is the process the controller exec'd (the supervisor when there is one): the one the channel waits for.
     emit(
         "READY",
-        {"port": port, "pid": os.getpid(), "session_dir": session_dir, "log": log_path, "facts": facts},
+        {
+            "port": port,
+            "pid": int(config.get("supervisor_pid") or os.getpid()),
+            "servicer_pid": os.getpid(),
+            "session_dir": session_dir,
+            "log": log_path,
+            "facts": facts,
+        },
     )
     threading.Thread(target=session.watch_controller, name="controller", daemon=True).start()
     threading.Thread(target=session.watch_liveness, name="liveness", daemon=True).start()
