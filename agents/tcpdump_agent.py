@@ -99,7 +99,8 @@ class TcpDumpAgent(sshfleet.Agent):
 
         Args:
             path (string): Directory on the host to copy the capture into; created if missing. "~" is
-                expanded.
+                expanded. A relative path is inside the servicer's session directory: collect it with
+                agent.fetch() (no shared filesystem needed).
             tag (string): Prefix of the archived file's name: <tag>-<hostname>.pcap (just <hostname>.pcap
                 when empty).
             timeout: deadline of the call in seconds (None: the agent's default).

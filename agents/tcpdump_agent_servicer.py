@@ -86,6 +86,19 @@ def _host_path(value, what):
     return os.path.normpath(path)
 
 
+def _archive_dir(value):
+    """Where ArchiveDump writes: an absolute path (or ~) as it is, e.g. a shared filesystem; a relative one inside
+    this servicer's session directory (its working directory), which the controller collects with agent.fetch()
+    before close() removes it."""
+    if value and not value.startswith(("/", "~")):
+        base = os.getcwd()
+        path = os.path.normpath(os.path.join(base, value))
+        if "\0" in value or not path.startswith(base + os.sep):
+            raise ValueError(f"path {value!r} leaves the session directory")
+        return path
+    return _host_path(value, "path")
+
+
 def _check_writable_file(path, what):
     directory = os.path.dirname(path) or "/"
     if os.path.isdir(path):
@@ -313,7 +326,7 @@ class TcpDumpAgentServicer(pb_grpc.TcpDumpAgentServicer):
             if "/" in tag or "\0" in tag or tag in (".", ".."):
                 return _fail(f"tag must be usable in a file name, not {tag!r}")
             try:
-                directory = _host_path(request.path, "path")
+                directory = _archive_dir(request.path)
             except ValueError as exc:
                 return _fail(str(exc))
             hostname = socket.gethostname()

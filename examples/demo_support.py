@@ -157,11 +157,12 @@ def summarize_capture(path: Path, clients: list[str], server: str, port: int) ->
 
 
 def print_captures(directory: Path, clients: list[str], server: str, port: int) -> bool:
-    """Print a line per archived capture in ``directory``; False when none can be read from here."""
+    """Print a line per capture in ``directory`` (DIR/HOST/NAME.pcap as fetched, or DIR/NAME.pcap as archived
+    on a shared filesystem); False when none can be read from here."""
     if not directory.is_dir():
         print(f"captures: {directory} is not visible from this machine (the pcaps are on the hosts)")
         return False
-    files = sorted(directory.glob("*.pcap"))
+    files = sorted([*directory.glob("*.pcap"), *directory.glob("*/*.pcap")])
     print(f"captures in {directory}:")
     width = max((len(f.name) for f in files), default=0)
     for path in files:

@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """The seed's experiment: an HTTP server on one host, traffic to it from others, tcpdump on a third host and
-on the server; then stop everything, archive the captures and count the HTTP packets in them.
+on the server; then stop everything, archive the captures, bring them home and count the HTTP packets in them.
+
+The seed archived into a shared filesystem (``ArchiveDump(path='/zfs/edgelab/...')``); most testbeds have none,
+so each host archives into its servicer's session directory and ``tcpdump.fetch()`` copies every host's capture
+to ``--archive DIR/HOST/`` on this machine before the agents close.
 
     sudo python examples/experiment.py --testbed 4            # local hosts, made and removed by the script
     python examples/experiment.py -i lab.ini                  # groups http_servers, http_clients, tcpdump
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace, fleet: Fleet) -> int:
         f"tcpdump on {', '.join(h.name for h in capture) or 'no host'}"
     )
     server = servers[0]
-    archive = Path(args.archive or f"/var/tmp/sshfleet-demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    archive = Path(args.archive or f"sshfleet-captures-{time.strftime('%Y%m%d-%H%M%S')}")
     with contextlib.ExitStack() as stack:
         begin = time.monotonic()
         options = {"ssh_options": fleet.ssh_options}
@@ -86,7 +90,10 @@ def run(args: argparse.Namespace, fleet: Fleet) -> int:
             time.sleep(args.seconds)
             if capture:
                 step("tcpdump", tcpdump, "StopCollection")
-                step("tcpdump", tcpdump, "ArchiveDump", path=str(archive), tag=args.tag)
+                step("tcpdump", tcpdump, "ArchiveDump", path="captures", tag=args.tag)  # in the session directory
+                fetched = tcpdump.fetch(f"captures/{args.tag}-*.pcap", archive)
+                report(f"tcpdump.fetch -> {archive}/HOST/", fetched)
+                fetched.raise_for_status()
             step("curl", curl, "StopTraffic")
             step("apache", apache, "StopServer")
         except (HttpServerAgentException, HttpClientAgentException, TcpDumpAgentException) as exc:
@@ -109,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sizes", default="random.randint(1000, 20000)", help="bytes per request, an expression (default: %(default)s)"
     )
-    parser.add_argument("--archive", metavar="DIR", help="where hosts archive their captures (default: /var/tmp/...)")
+    parser.add_argument(
+        "--archive",
+        metavar="DIR",
+        help="where the captures come home, as DIR/HOST/TAG-HOST.pcap (default: ./sshfleet-captures-...)",
+    )
     parser.add_argument("--tag", default="demo", help="prefix of the archived pcap names (default: demo)")
     parser.add_argument("--dumpfile", default="/tmp/tcpdump.cap", help="capture file on each host")
     parser.add_argument("--agentlog", default="/tmp/tcpdump_agent.log", help="tcpdump agent's log on each host")

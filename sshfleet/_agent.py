@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import difflib
 import logging
+import os
 import queue
 import secrets
 import socket
@@ -703,6 +704,25 @@ class Agent:
                 options = [*_CHANNEL_OPTIONS, ("grpc.experimental.single_threaded_unary_stream", 1)]
                 state.sync_channel = grpc.insecure_channel(target, options=options)
             return state.sync_channel
+
+    # --- files ----------------------------------------------------------------------------------------
+
+    def fetch(
+        self, remote: str, local_dir: Union[str, os.PathLike[str]], *, timeout: Optional[float] = None
+    ) -> Responses:
+        """Bring home what the servicers wrote into their session directories: ``remote`` (relative to each
+        host's session directory, globs allowed) into ``local_dir/HOST/``. Call it before ``close()``, which
+        removes the session directories. One outcome per host (a Transfer, or why not), as ``Fleet.get``."""
+        self._check_open()
+        from sshfleet import _files
+
+        dirs: dict[str, Union[str, HostError]] = {}
+        for host, state in self._hosts.items():
+            if state.process is not None:
+                dirs[host] = state.process.session_dir
+            else:
+                dirs[host] = state.error or HostError(host, "no servicer")
+        return _files.fetch(self.fleet, dirs, remote, local_dir, timeout=timeout)
 
     # --- reconnecting ---------------------------------------------------------------------------------
 

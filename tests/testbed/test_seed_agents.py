@@ -106,16 +106,23 @@ def test_experiment_end_to_end(testbed, archive) -> None:
             wait_for(lambda p=live: len(http_requests(p, client.address, server.address)) >= 3, f"GETs in {live}")
         stopped = tcpdump.StopCollection()
         assert_ok(stopped)
-        assert_ok(tcpdump.ArchiveDump(path=str(archive), tag="GTL"))
+        # No shared filesystem: each host archives into its session directory, and fetch() brings them home.
+        assert_ok(tcpdump.ArchiveDump(path="captures", tag="GTL"))
+        fetched = tcpdump.fetch("captures/GTL-*.pcap", archive)
+        assert fetched.success(), fetched.status()
+        escaped = tcpdump.ArchiveDump(path="../escape", tag="GTL")
+        assert all("leaves the session directory" in r.comment for r in escaped.values()), escaped.status()
         traffic = curl.StopTraffic()
         assert_ok(traffic)
         served = apache.StopServer()
         assert_ok(served)
     requests = int(re.search(r"(\d+) ok, 0 failed", traffic[client.name].comment).group(1))
     assert f"served {requests} requests" in served[server.name].comment
-    assert sorted(p.name for p in archive.iterdir()) == sorted(f"GTL-{h}.pcap" for h in capture_hosts)
+    assert sorted(p.relative_to(archive).as_posix() for p in archive.glob("*/*")) == sorted(
+        f"{h}/GTL-{h}.pcap" for h in capture_hosts
+    )
     for host in (server, client):
-        pcap = archive / f"GTL-{host.name}.pcap"
+        pcap = archive / host.name / f"GTL-{host.name}.pcap"
         packets = list(reader.read_pcap(pcap))
         # tcpdump's own count, our reader and dpkt agree on what the file holds.
         assert f"{len(packets)} packets captured" in stopped[host.name].comment
@@ -125,7 +132,7 @@ def test_experiment_end_to_end(testbed, archive) -> None:
         assert len(lines) >= 3 and all(REQUEST_LINE.match(line) for line in lines), lines
         assert all(server.address in (p.src, p.dst) for p in packets if p.src is not None)
     # On a bridge, the third host sees at most broadcasts about the server (ARP), never the HTTP exchange.
-    observed = list(reader.read_pcap(archive / f"GTL-{observer.name}.pcap"))
+    observed = list(reader.read_pcap(archive / observer.name / f"GTL-{observer.name}.pcap"))
     assert not [p for p in observed if p.protocol == "tcp" and p.uses_port(HTTP)]
 
 
@@ -315,7 +322,9 @@ def test_experiment_example_on_the_session_testbeds_inventory(testbed, archive) 
     assert f"curl.StartTraffic(servers=['{server.address}:8080'])" in out
     match = re.search(rf"inv-{server.name}\.pcap +(\d+) packets, +(\d+) HTTP client<->server, (\d+) GETs", out)
     assert match and int(match.group(3)) >= 1, out
-    assert (archive / f"inv-{observer.name}.pcap").is_file()
+    # fetched home into DIR/HOST/ (the hosts archived into their session directories)
+    assert (archive / observer.name / f"inv-{observer.name}.pcap").is_file()
+    assert (archive / server.name / f"inv-{server.name}.pcap").is_file()
 
 
 def test_experiment_example_brings_up_and_takes_down_its_own_testbed(archive) -> None:
