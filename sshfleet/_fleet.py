@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -418,6 +419,31 @@ class Fleet:
             raise
         finally:
             executor.shutdown(wait=False)
+
+    def reserve_fds(self, per_host: int) -> None:
+        """Make sure this process may open ``per_host`` more file descriptors for each host, raising the soft
+        ``ulimit -n`` up to the hard one if needed: a fleet that runs out of descriptors halfway through its start
+        fails in confusing ways, so a limit too low is a clear UsageError up front instead."""
+        try:
+            import resource
+        except ImportError:  # not on this platform: nothing to check
+            return
+        try:
+            in_use = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            in_use = 64
+        needed = in_use + per_host * len(self.specs) + 64
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft >= needed:
+            return
+        if hard == resource.RLIM_INFINITY or hard >= needed:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(needed, 2 * soft)), hard))
+            log.info("raised the open-files limit from %d to %d for %d hosts", soft, needed, len(self.specs))
+            return
+        raise UsageError(
+            f"{len(self.specs)} hosts need about {needed} open files here, but `ulimit -n` allows {hard} at most: "
+            f"raise it (e.g. `ulimit -n {needed}` as root, or LimitNOFILE=) or use fewer hosts"
+        )
 
     # --- agents ---------------------------------------------------------------------------------------------
 
