@@ -366,12 +366,22 @@ class Workers:
         self._next = 0
         self.refused_at = None
 
+    def _stuck(self):
+        now = time.monotonic()
+        with self._lock:
+            return sum(1 for d in self._held.values() if d is not None and d < now)
+
     def acquire(self, context):
         remaining = context.time_remaining()
-        if not self._slots.acquire(timeout=max(0.0, remaining) if remaining is not None else None):
+        # When every worker is held by a call already past its deadline, waiting is pointless: say so at once
+        # (waiting out the deadline, the controller's own deadline would hide why with DEADLINE_EXCEEDED).
+        got = self._slots.acquire(blocking=False)
+        if not got and self._stuck() < self.count:
+            got = self._slots.acquire(timeout=max(0.0, remaining) if remaining is not None else None)
+        if not got:
+            stuck = self._stuck()
             with self._lock:
                 self.refused_at = time.monotonic()
-                stuck = sum(1 for d in self._held.values() if d is not None and d < time.monotonic())
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "every servicer worker stayed busy past the deadline (%d of %d held by calls past their own "

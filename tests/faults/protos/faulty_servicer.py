@@ -1,6 +1,7 @@
 # Servicer of faultytest.FaultyAgent for the fault tests; runs on the hosts (standard library, grpc, protobuf).
 import logging
 import os
+import socket
 import subprocess
 import time
 
@@ -23,6 +24,8 @@ class FaultyAgentServicer(pb_grpc.FaultyAgentServicer):
         return pb.Reply(pid=os.getpid(), ppid=os.getppid(), comment=comment)
 
     def Hang(self, request, context):
+        if request.text and request.text != socket.gethostname():
+            return self._pids("not this host")
         time.sleep(request.seconds)  # deaf to the deadline on purpose: a wedged worker
         return self._pids("hung")
 
