@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup demo test check bench clean
+.PHONY: setup demo test test-faults check bench clean
 
 setup:
 	@bash scripts/setup.sh test
@@ -12,7 +12,11 @@ demo: setup
 	$(PY) examples/experiment.py --testbed 4
 
 test: setup
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not slow"
+
+# The fault suite with its slow variants (long keepalives, big payloads, the load test).
+test-faults: setup
+	$(VENV)/bin/pytest tests/faults
 
 check: setup
 	$(VENV)/bin/ruff check sshfleet tests agents bench examples
