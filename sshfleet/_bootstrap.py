@@ -281,26 +281,22 @@ class _Attempt:
                 spoke = True
                 kind, payload = parsed
                 stats.round_trips += 1
-                if kind == "READY":
-                    stats.seconds = time.monotonic() - self.started
-                    return ServicerProcess(
-                        host=host,
-                        channel=chan,
-                        port=int(payload["port"]),
-                        pid=int(payload["pid"]),
-                        session_dir=payload["session_dir"],
-                        log_path=payload["log"],
-                        facts=payload["facts"],
-                        stats=stats,
-                        stderr_tail=bytearray(reader.stderr),
-                    )
-                if kind == "ERROR":
-                    cls = _ERROR_KINDS.get(payload.get("kind", ""), BootstrapError)
-                    tail = payload.get("traceback") or reader.tail()
-                    failure = cls(host, payload.get("message", "bootstrap failed"), log_tail=tail)
-                    raise _Unusable(failure) if payload.get("reason") == "too_old" else failure
-                if kind == "NEED":
-                    _ship(conn, chan, payload, self.agent, stats, self.deadline)
+                try:
+                    if kind == "READY":
+                        stats.seconds = time.monotonic() - self.started
+                        return _servicer_process(host, chan, payload, stats, reader)
+                    if kind == "ERROR":
+                        cls = _ERROR_KINDS.get(str(payload.get("kind", "")), BootstrapError)
+                        tail = str(payload.get("traceback") or reader.tail())
+                        failure = cls(host, str(payload.get("message", "bootstrap failed")), log_tail=tail)
+                        raise _Unusable(failure) if payload.get("reason") == "too_old" else failure
+                    if kind == "NEED":
+                        _ship(conn, chan, payload, self.agent, stats, self.deadline)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    # A host that is not ours, or a broken bootstrap: this host's failure, not a crash of ours.
+                    raise BootstrapError(
+                        host, f"the host's bootstrap sent a malformed {kind} line: {exc!r}", log_tail=reader.tail()
+                    ) from exc
         except socket.timeout:
             close_quietly(chan)
             shipping = f" (shipping {', '.join(stats.shipped)})" if stats.shipped else ""
@@ -317,6 +313,29 @@ class _Attempt:
             raise
 
 
+def _servicer_process(
+    host: str, chan: Channel, ready: Mapping[str, Any], stats: BootstrapStats, reader: _LineReader
+) -> ServicerProcess:
+    """The READY line's servicer; raises KeyError/TypeError/ValueError when the line lacks what it must say."""
+    port, pid = ready["port"], ready["pid"]
+    if not (isinstance(port, int) and isinstance(pid, int) and 0 < port < 65536):
+        raise ValueError(f"port {port!r}, pid {pid!r}")
+    facts = ready["facts"]
+    if not isinstance(facts, dict):
+        raise TypeError(f"facts {facts!r}")
+    return ServicerProcess(
+        host=host,
+        channel=chan,
+        port=port,
+        pid=pid,
+        session_dir=str(ready["session_dir"]),
+        log_path=str(ready["log"]),
+        facts=facts,
+        stats=stats,
+        stderr_tail=bytearray(reader.stderr),
+    )
+
+
 def _ship(
     conn: Connection,
     chan: Channel,
@@ -326,8 +345,10 @@ def _ship(
     deadline: float,
 ) -> None:
     """Send each bundle the host said it lacks; the whole transfer ends by ``deadline`` or raises socket.timeout."""
-    facts = need["facts"]
-    for name in need["missing"]:
+    facts, missing = need["facts"], need["missing"]
+    if not (isinstance(missing, list) and set(missing) <= {"agent", "deps"} and isinstance(facts, dict)):
+        raise ValueError(f"missing {missing!r}")
+    for name in missing:
         if name == "agent":
             bundle = agent
         else:
