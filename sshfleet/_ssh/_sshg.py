@@ -177,7 +177,8 @@ def _run(query: Query, ssh: str) -> Answer:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UsageError(f"cannot run {ssh} -G for {query.host!r}: {exc}") from exc
     if proc.returncode != 0:
-        lines = [line for line in proc.stderr.splitlines() if line.strip() and "terminating," not in line]
+        noise = ("terminating,", "Pseudo-terminal will not be allocated")
+        lines = [line for line in proc.stderr.splitlines() if line.strip() and not any(n in line for n in noise)]
         why = "; ".join(lines[:3]) or f"exit status {proc.returncode}"
         raise UsageError(f"ssh_config: {why}")  # ssh's own words name the file and the line
     answer: Answer = {}
@@ -441,7 +442,7 @@ class _Reader:
         if attrib == "host":
             return match_list(target, value, lower=True)
         if attrib == "originalhost":
-            return match_list(query.host, value)
+            return match_list(query.host, value, lower=True)  # match_hostname, as for Match host
         if attrib == "user":
             return match_list(user, value)
         if attrib == "localuser":

@@ -9,7 +9,8 @@ Run with the venv's python; it reads one JSON request per line on stdin and writ
 * ``{"op": "expand", "items": [text, ...]}`` -> ``[{"hosts": [...], "port": P} | {"error": text}, ...]``: how the
   inventory plugins expand a host pattern such as ``web[01:10:2].lab:2222``.
 
-Not a test module: pytest does not collect it.
+With ``SSHFLEET_WALK_ORDER=ascending|descending`` it walks a group's descendants below its children in name
+order instead of Python's set order (see ``_fix_walk_order``). Not a test module: pytest does not collect it.
 """
 
 from __future__ import annotations
@@ -103,8 +104,46 @@ def _expand(items: list[str]) -> list[dict]:
     return answers
 
 
+def _fix_walk_order(descending: bool) -> None:
+    """Make Ansible's walk below a group's children deterministic, by name, ascending or descending.
+
+    Ansible walks those levels in Python set order: an order no user can count on. The tests run one reference
+    each way; where the two answers differ, the order depends on that walk and only the set is compared. The walk
+    is otherwise Ansible's own (``Group._walk_relationship``), line for line.
+    """
+    from itertools import chain
+
+    from ansible.inventory.group import Group
+
+    def walk(self, rel, include_self=False, preserve_ordering=False):  # type: ignore[no-untyped-def]
+        seen = set()
+        unprocessed = set(getattr(self, rel))
+        if include_self:
+            unprocessed.add(self)
+        if preserve_ordering:
+            ordered = [self] if include_self else []
+            ordered.extend(getattr(self, rel))
+        while unprocessed:
+            seen.update(unprocessed)
+            new_unprocessed = set()
+            level = sorted(unprocessed, key=lambda g: g.name, reverse=descending)
+            for new_item in chain.from_iterable(getattr(g, rel) for g in level):
+                new_unprocessed.add(new_item)
+                if preserve_ordering and new_item not in seen:
+                    ordered.append(new_item)
+            new_unprocessed.difference_update(seen)
+            unprocessed = new_unprocessed
+        if preserve_ordering:
+            return ordered
+        return seen
+
+    Group._walk_relationship = walk
+
+
 def main() -> None:
     _quiet()
+    if os.environ.get("SSHFLEET_WALK_ORDER"):
+        _fix_walk_order(os.environ["SSHFLEET_WALK_ORDER"] == "descending")
     for line in sys.stdin:
         if not line.strip():
             continue

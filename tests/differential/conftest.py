@@ -38,8 +38,8 @@ def require(available: bool, what: str) -> None:
 
 
 class AnsibleReference:
-    """Two ansible_reference.py servers with different hash seeds. Ansible lists a group's grandchildren in set
-    order, which follows the seed: where the two answers differ, Ansible's order is not defined."""
+    """Two ansible_reference.py servers that walk a group's grandchildren in opposite name orders (Ansible walks
+    them in set order): where the two answers differ, Ansible's order is not defined and only sets compare."""
 
     def __init__(self, home: Path) -> None:
         env = {**os.environ, "ANSIBLE_HOME": str(home), "ANSIBLE_LOCAL_TEMP": str(home / "tmp")}
@@ -50,9 +50,9 @@ class AnsibleReference:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 text=True,
-                env={**env, "PYTHONHASHSEED": seed},
+                env={**env, "PYTHONHASHSEED": seed, "SSHFLEET_WALK_ORDER": order},
             )
-            for seed in ("0", "1")
+            for seed, order in (("0", "ascending"), ("1", "descending"))
         ]
 
     def ask(self, request: dict) -> tuple:
