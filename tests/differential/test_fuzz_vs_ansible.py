@@ -12,6 +12,7 @@ import string
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -178,6 +179,58 @@ def test_random_inventories_read_and_select_as_in_ansible(
     ansible: AnsibleReference, tmp_path_factory: pytest.TempPathFactory, text: str, patterns: list[str]
 ) -> None:
     path: Path = tmp_path_factory.mktemp("fuzz") / "inventory.ini"
+    path.write_text(text)
+    answers = ansible.ask({"op": "inventory", "path": str(path), "patterns": patterns})
+    assert "error" not in answers[0], answers[0]
+    ours = Inventory.load(path)
+    check_inventory(ours, answers)
+    check_patterns(ours, answers)
+
+
+@st.composite
+def _yaml_inventory_text(draw: st.DrawFn) -> str:
+    """A random YAML inventory: hosts under ``all`` and in groups nested as children, host and group vars with
+    priorities, ssh aliases, ports on names and typed values."""
+    values = st.sampled_from(["text", 5, 2.5, True, "yes", None, [1, "two"], {"k": "v"}])
+
+    def host_vars() -> dict[str, object]:
+        chosen = draw(st.lists(_HOST_VARS, max_size=2, unique=True))
+        found: dict[str, object] = dict(v.split("=", 1) for v in chosen if v)
+        if draw(st.booleans()):
+            found["typed"] = draw(values)
+        return found
+
+    def hosts() -> dict[str, object]:
+        names = draw(st.lists(st.sampled_from(_HOSTS), max_size=3, unique=True))
+        port = draw(st.sampled_from(["", "", ":2005"]))
+        return {f"{name}{port if i == 0 else ''}": host_vars() or None for i, name in enumerate(names)}
+
+    def group(index: int, depth: int) -> dict[str, object]:
+        body: dict[str, object] = {}
+        if draw(st.booleans()):
+            body["hosts"] = hosts()
+        group_vars = draw(st.lists(_GROUP_VARS, max_size=2, unique_by=lambda v: v.split("=")[0]))
+        if group_vars:
+            body["vars"] = {k: v.replace("GROUP", _GROUPS[index]) for k, v in (g.split("=", 1) for g in group_vars)}
+        later = [i for i in range(index + 1, len(_GROUPS))]
+        if later and depth < 2 and draw(st.booleans()):
+            kids = draw(st.lists(st.sampled_from(later), min_size=1, max_size=2, unique=True))
+            body["children"] = {_GROUPS[i]: group(i, depth + 1) or None for i in kids}
+        return body
+
+    top: dict[str, object] = {"hosts": hosts() or None}
+    if draw(st.booleans()):
+        top["vars"] = {"v": "all", "ansible_user": "everyone"}
+    top["children"] = {_GROUPS[i]: group(i, 0) or None for i in draw(st.lists(st.integers(0, 3), unique=True))}
+    return yaml.safe_dump({"all": top}, sort_keys=False)
+
+
+@FUZZ
+@given(text=_yaml_inventory_text(), patterns=st.lists(_pattern(), min_size=6, max_size=6, unique=True))
+def test_random_yaml_inventories_read_and_select_as_in_ansible(
+    ansible: AnsibleReference, tmp_path_factory: pytest.TempPathFactory, text: str, patterns: list[str]
+) -> None:
+    path: Path = tmp_path_factory.mktemp("fuzz") / "inventory.yml"
     path.write_text(text)
     answers = ansible.ask({"op": "inventory", "path": str(path), "patterns": patterns})
     assert "error" not in answers[0], answers[0]
