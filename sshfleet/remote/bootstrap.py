@@ -318,18 +318,17 @@ def supervise(session_dir):
     whatever the servicer starts stays below it even after a setsid or a double fork. When the servicer ends,
     however it ended (stdin EOF, STOP, os._exit, SIGKILL, the OOM killer), the supervisor kills every process
     below it except detached ones, removes the session directory and exits with the servicer's status. Linux
-    only (elsewhere the servicer kills its own process group, as before). Returns whether the caller is now
-    supervised.
+    only (elsewhere the servicer kills its own process group, as before). Returns, in the child only, a file
+    descriptor to pass to ``wait_supervisor`` before the servicer may start anything; None when there is no
+    supervisor. (The supervisor loads ctypes while the servicer imports grpc: neither waits for the other.)
     """
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
-        return False
+        return None
     ready_r, ready_w = os.pipe()
     child = os.fork()
     if child == 0:
         os.close(ready_w)
-        os.read(ready_r, 1)  # the supervisor is a subreaper before the servicer can start anything
-        os.close(ready_r)
-        return True
+        return ready_r
     os.close(ready_r)
     try:
         import ctypes
@@ -341,6 +340,13 @@ def supervise(session_dir):
     os.write(ready_w, b"x")
     os.close(ready_w)
     _supervise(child, session_dir)
+
+
+def wait_supervisor(ready_fd):
+    """Block until the supervisor is a subreaper, so that nothing the servicer starts can slip past it."""
+    if ready_fd is not None:
+        os.read(ready_fd, 1)
+        os.close(ready_fd)
 
 
 def _supervise(child, session_dir):
@@ -443,8 +449,9 @@ def main():
     with open(os.path.join(session_dir, OWNER_FILE), "w") as f:
         f.write("%s %s %d\n" % (identity[0], identity[1], os.getpid()))
     supervisor = os.getpid()
-    config["supervised"] = supervise(session_dir)
-    if config["supervised"]:
+    ready_fd = supervise(session_dir)
+    config["supervised"] = ready_fd is not None
+    if ready_fd is not None:
         config["supervisor_pid"] = supervisor
     sys.path[:0] = [os.path.join(cache, wanted["agent"]), os.path.join(cache, wanted["deps"])]
     sys.meta_path.insert(0, LazyModules)
@@ -460,6 +467,7 @@ def main():
             "cannot import the sshfleet runtime on the host",
             traceback=traceback.format_exc(),
         )
+    wait_supervisor(ready_fd)
     sshfleet_runtime.serve(config, facts, session_dir, stdin, emit)
 
 
