@@ -321,45 +321,56 @@ class ShellSession:
         raise UsageError(f"unknown command or method {word!r}{hint} (`help` lists the commands, `agents` the agents)")
 
     def call(self, word: str, words: Sequence[str]) -> Optional[Responses]:
-        """Call ``[agent.]Method field=value ...`` on every host the agent was loaded on; prints the result."""
+        """Call ``[agent.]Method field=value ...`` on the selected hosts the agent was loaded on; prints the result."""
         loaded, method = self.find_method(word)
         if method.client_streaming:
             raise UsageError(f"{method.name} takes a stream of requests: call it from `py`")
         fields = parse_fields(method, words, agent=loaded.key)
-        if set(loaded.started) != set(self.selection):
-            hosts = fold_hosts([h for h in self.fleet.hosts if h in loaded.started])
-            self.console.print(f"({loaded.key} runs on {hosts}: its calls go there)", style="dim", markup=False)
+        targets = self._targets(loaded)
         if method.server_streaming:
-            self._call_stream(loaded, method.name, fields)
+            self._call_stream(loaded, method.name, fields, targets)
             return None
         started = time.monotonic()
         outcomes: dict[str, Outcome] = {}
         times: dict[str, float] = {}
         try:
             for _, agent in list(loaded.instances):
-                serves = {h for h, owner in loaded.owner.items() if owner is agent}
+                serves = [h for h in targets if loaded.owner.get(h) is agent]
                 if not serves:
                     continue
                 # As each host answers, so each gets its own time; Ctrl-C here cancels the calls still running.
-                for host, outcome in agent.invoke_as_completed(method.name, fields, timeout=self.settings.timeout):
-                    if host in serves:
-                        outcomes[host], times[host] = outcome, time.monotonic() - started
+                answers = agent.invoke_as_completed(method.name, fields, timeout=self.settings.timeout, hosts=serves)
+                for host, outcome in answers:
+                    outcomes[host], times[host] = outcome, time.monotonic() - started
         except KeyboardInterrupt:
-            waiting = [h for h in self.fleet.hosts if h in loaded.owner and h not in outcomes]
+            waiting = [h for h in targets if h in loaded.owner and h not in outcomes]
             answered = [h for h in self.fleet.hosts if h in outcomes]
             raise Interrupted(
                 f"interrupted: {method.name} cancelled on {fold_hosts(waiting) or 'no host'} (no answer yet); "
                 f"answered: {fold_hosts(answered) or 'none'}"
             ) from None
-        responses = self._merge(loaded, method.name, outcomes)
+        responses = self._merge(loaded, method.name, outcomes, targets)
         self.last = responses
         self.show(responses, time.monotonic() - started, times)
         return responses
 
-    def _merge(self, loaded: Loaded, method: str, outcomes: dict[str, Outcome]) -> Responses:
+    def _targets(self, loaded: Loaded) -> list[str]:
+        """The selected hosts the agent was loaded on (in fleet order); says which selected hosts it is not on."""
+        selected = set(self.selection)
+        targets = [h for h in self.fleet.hosts if h in loaded.started and h in selected]
+        missing = [h for h in self.fleet.hosts if h in selected and h not in loaded.started]
+        if not targets:
+            runs_on = fold_hosts([h for h in self.fleet.hosts if h in loaded.started]) or "no host"
+            raise UsageError(f"{loaded.key} is not loaded on the selected hosts (it runs on {runs_on}): use or load")
+        if missing:
+            note = f"({loaded.key} is not loaded on {fold_hosts(missing)}: `load {loaded.key}` there to call them too)"
+            self.console.print(note, style="dim", markup=False)
+        return targets
+
+    def _merge(self, loaded: Loaded, method: str, outcomes: dict[str, Outcome], targets: Sequence[str]) -> Responses:
         from sshfleet._responses import Responses
 
-        ordered = {h: outcomes.get(h, loaded.started[h]) for h in self.fleet.hosts if h in loaded.started}
+        ordered = {h: outcomes.get(h, loaded.started[h]) for h in targets}
         return Responses(method, ordered)
 
     def show(self, responses: Responses, seconds: float, times: Optional[dict[str, float]] = None) -> None:
@@ -369,26 +380,26 @@ class ShellSession:
             gathered = self.settings.output == "gathered"
             render.print_table(self.console, responses, seconds, gathered=gathered, times=times)
 
-    def _call_stream(self, loaded: Loaded, method: str, fields: dict[str, object]) -> None:
+    def _call_stream(self, loaded: Loaded, method: str, fields: dict[str, object], targets: Sequence[str]) -> None:
         """Each host's messages as they arrive, prefixed with the host; Ctrl-C cancels every host's call."""
-        width = max((len(h) for h in loaded.started), default=0)
+        width = max((len(h) for h in targets), default=0)
         last: dict[str, Outcome] = {}
         started = time.monotonic()
         for _, agent in list(loaded.instances):
-            serves = {h for h, owner in loaded.owner.items() if owner is agent}
+            serves = [h for h in targets if loaded.owner.get(h) is agent]
             if not serves:
                 continue
-            stream: Any = agent.invoke_stream(method, fields, timeout=self.settings.timeout)
+            stream: Any = agent.invoke_stream(method, fields, timeout=self.settings.timeout, hosts=serves)
             try:
                 for host, reply in stream:
-                    if host in serves:
-                        last[host] = reply
-                        self.console.out(render.stream_line(host, reply, width), highlight=False)
+                    last[host] = reply
+                    self.console.out(render.stream_line(host, reply, width), highlight=False)
             finally:
                 stream.cancel()
         for host, error in loaded.failed().items():
-            self.console.out(render.stream_line(host, error, width), highlight=False)
-        responses = self._merge(loaded, method, last)
+            if host in targets:
+                self.console.out(render.stream_line(host, error, width), highlight=False)
+        responses = self._merge(loaded, method, last, targets)
         self.last = responses
         self.console.print(render.summary(responses, time.monotonic() - started), style="dim")
 

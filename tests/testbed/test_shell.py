@@ -168,6 +168,14 @@ def test_call_prints_a_row_per_host_and_exit_leaves_hosts_clean(shell, tmp_path)
     assert "3 hosts: 3 ok in " in out
     out = term.line("agents")
     assert re.search(r"sysinfo\s+SysinfoAgent\s+node\[01-03\]", out)
+    # calls follow the selection: the same servicers, only the selected hosts
+    term.line("use node02")
+    out = term.line("Uname")
+    rows = [line.split()[:2] for line in out.splitlines() if re.match(r"node0\d ", line)]
+    assert rows == [["node02", "ok"]] and "1 host: 1 ok in " in out
+    term.line("use node01:node03")
+    out = term.line("Uname")
+    assert [line.split()[0] for line in out.splitlines() if re.match(r"node0\d ", line)] == ["node01", "node03"]
     assert term.exit() == 0
     assert "Uname" in (tmp_path / "state" / "sshfleet" / "history").read_text()  # history kept, XDG place
 
@@ -326,4 +334,5 @@ def test_a_script_on_stdin_runs_line_by_line(testbed):
     assert "sysinfo: ready on node[01-02] (2)" in out
     assert re.search(r"^node02:\s+node02$", out, re.M) and "node01: node01" not in out
     assert "error: unknown command or method 'bogus'" in out
-    assert re.search(r"^node01\s+failed\s+UNKNOWN: RuntimeError: x", out, re.M)  # calls go to the agent's hosts
+    assert re.search(r"^node02\s+failed\s+UNKNOWN: RuntimeError: x", out, re.M)  # calls follow the selection
+    assert not re.search(r"^node01\s+failed", out, re.M)
