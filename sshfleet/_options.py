@@ -4,7 +4,7 @@ Options merge in one direction: defaults <- ssh_config <- inventory host vars <-
 field means "not said here", so a later layer only overrides what it actually sets. Where a field has a number
 as its default (the timeouts, ``keepalive``), the default is a ``Default`` (a float marked "not given", asyncssh's
 ``()`` idea): ``given(value)`` tells it apart from an explicit value, even one equal to the default, so an explicit
-``keepalive=15`` still wins over an ssh_config's ServerAliveInterval.
+``keepalive=5`` still wins over an ssh_config's ServerAliveInterval.
 
 Three kinds of settings, kept apart (DESIGN.md "Options"):
 
@@ -138,7 +138,9 @@ class SshOptions:
     user: Optional[str] = None
     port: Optional[int] = None
     timeouts: Timeouts = field(default_factory=Timeouts)
-    keepalive: float = Default(15.0)  # seconds between keepalives (ServerAliveInterval); 0 disables them
+    # Seconds between keepalives (ServerAliveInterval); 0 disables them. A link that stays silent for
+    # keepalive * ServerAliveCountMax (3) is dead: 15 s by default, so a lost host is noticed, and revived, soon.
+    keepalive: float = Default(5.0)
     forks: int = 64
     # "paramiko" (default, pure Python) or "openssh": the ssh binary with a ControlMaster per host, whose
     # forwards carry RPCs without any Python in the data path (faster; needs the OpenSSH client).

@@ -65,7 +65,7 @@ def test_defaults_without_ssh_config(home):
     assert host.host_key_policy == "strict"
     assert host.known_hosts_files[0] == str(home / ".ssh/known_hosts")
     assert host.known_hosts_write == str(home / ".ssh/known_hosts")
-    assert (host.connect_timeout, host.auth_timeout, host.keepalive) == (10.0, 20.0, 15.0)
+    assert (host.connect_timeout, host.auth_timeout, host.keepalive) == (10.0, 20.0, 5.0)
 
 
 def test_missing_ssh_config_file_is_not_an_error(home, tmp_path):
@@ -129,10 +129,10 @@ def test_connect_timeout_and_keepalive_from_ssh_config_unless_explicit(home, tmp
 def test_an_explicit_value_equal_to_the_default_still_wins_over_ssh_config(home, tmp_path):
     config = write_config(tmp_path, "Host *\n  ConnectTimeout 3\n  ServerAliveInterval 60\n")
     defaults = SshOptions()
-    assert (defaults.timeouts.connect, defaults.keepalive) == (10.0, 15.0)
-    explicit = opts(config, timeouts=Timeouts(connect=10.0), keepalive=15)
+    assert (defaults.timeouts.connect, defaults.keepalive) == (10.0, 5.0)
+    explicit = opts(config, timeouts=Timeouts(connect=10.0), keepalive=5)
     host = resolve(HostSpec("a"), explicit)
-    assert (host.connect_timeout, host.keepalive) == (10.0, 15.0)
+    assert (host.connect_timeout, host.keepalive) == (10.0, 5.0)
     # Overriding one timeout leaves the others "not given", so ssh_config still applies to them.
     partly = opts(config, timeouts=Timeouts(call=5))
     host = resolve(HostSpec("a"), partly)
