@@ -55,7 +55,7 @@ def _inventory_list(inventory: object, loader: object, variables: object) -> dic
 
 def _inventory(path: str, patterns: list[str]) -> dict:
     from ansible.errors import AnsibleError
-    from ansible.inventory.manager import InventoryManager
+    from ansible.inventory.manager import InventoryManager, split_host_pattern
     from ansible.parsing.dataloader import DataLoader
     from ansible.playbook.play_context import PlayContext
     from ansible.plugins.loader import connection_loader
@@ -69,7 +69,7 @@ def _inventory(path: str, patterns: list[str]) -> dict:
         return {"error": str(exc).splitlines()[0]}
     variables = VariableManager(loader=loader, inventory=inventory)
     listed = _inventory_list(inventory, loader, variables)
-    answer: dict = {"list": listed, "patterns": {}, "ssh": {}, "group_hosts": {}}
+    answer: dict = {"list": listed, "patterns": {}, "terms": {}, "ssh": {}, "group_hosts": {}}
     for pattern in patterns:
         inventory.clear_pattern_cache()
         try:
@@ -77,6 +77,17 @@ def _inventory(path: str, patterns: list[str]) -> dict:
                 answer["patterns"][pattern] = [h.name for h in inventory.list_hosts(pattern)]
         except AnsibleError as exc:
             answer["patterns"][pattern] = {"error": str(exc).splitlines()[0]}
+        answer["terms"][pattern] = {}
+        for term in split_host_pattern(pattern):
+            bare = term[1:] if term[0] in "&!" else term
+            try:
+                with contextlib.redirect_stderr(io.StringIO()):
+                    found = [h.name for h in inventory._match_one_pattern(bare)]
+            except AnsibleError as exc:
+                found = {"error": str(exc).splitlines()[0]}  # type: ignore[assignment]
+            if bare in inventory.hosts:
+                found = [bare]
+            answer["terms"][pattern][bare] = found
     for name, group in inventory.groups.items():
         answer["group_hosts"][name] = [h.name for h in group.get_hosts()]
     for host in inventory.get_hosts("all"):
