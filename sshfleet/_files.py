@@ -26,15 +26,14 @@ import os
 import posixpath
 import re
 import secrets
-import stat
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
+from sshfleet._files_tree import Entry, _safe_name, host_dir_name, local_tree, remote_tree
 from sshfleet._options import HostSpec
 from sshfleet._responses import Responses
 from sshfleet.errors import ChannelError, HostError, UsageError
@@ -43,7 +42,7 @@ if TYPE_CHECKING:
     from sshfleet._fleet import Fleet
     from sshfleet._ssh._seam import SftpSession
 
-__all__ = ["Progress", "Transfer", "fetch", "get", "put", "sync"]
+__all__ = ["Progress", "Transfer", "fetch", "get", "put"]  # sync: _files_sync.py
 
 CHUNK = 1 << 20  # bytes read or written per step; progress is reported at this grain
 PART_SUFFIX = ".sshfleet-part"
@@ -84,93 +83,6 @@ class Transfer(dict[str, Any]):
     @property
     def deleted(self) -> int:
         return int(self.get("deleted", 0))
-
-
-# --- what to copy ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One item of a tree: ``rel`` is its "/"-separated path under the root ("" for the root itself)."""
-
-    rel: str
-    kind: str  # "file", "dir" or "link"
-    size: int
-    mode: int
-    mtime: int
-    target: str = ""  # a link's target
-
-
-def local_tree(path: str) -> list[Entry]:
-    """``path`` (followed if a symlink) and, for a directory, everything under it, parents before children.
-
-    Raises UsageError naming the path when it does not exist or cannot be read: a caller's mistake, the same
-    for every host, found before anything goes on the network."""
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if stat.S_ISREG(info.st_mode):
-        return [Entry("", "file", info.st_size, stat.S_IMODE(info.st_mode), int(info.st_mtime))]
-    if not stat.S_ISDIR(info.st_mode):
-        raise UsageError(f"{path} is neither a file nor a directory")
-    entries = [Entry("", "dir", 0, stat.S_IMODE(info.st_mode), int(info.st_mtime))]
-
-    def walk(directory: str, rel: str) -> None:
-        try:
-            with os.scandir(directory) as it:
-                items = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            raise UsageError(f"cannot list {directory}: {exc.strerror or exc}") from exc
-        for item in items:
-            sub = f"{rel}/{item.name}" if rel else item.name
-            st = item.stat(follow_symlinks=False)
-            if stat.S_ISLNK(st.st_mode):
-                entries.append(Entry(sub, "link", 0, 0o777, int(st.st_mtime), os.readlink(item.path)))
-            elif stat.S_ISDIR(st.st_mode):
-                entries.append(Entry(sub, "dir", 0, stat.S_IMODE(st.st_mode), int(st.st_mtime)))
-                walk(item.path, sub)
-            elif stat.S_ISREG(st.st_mode):
-                entries.append(Entry(sub, "file", st.st_size, stat.S_IMODE(st.st_mode), int(st.st_mtime)))
-
-    walk(path, "")
-    return entries
-
-
-def _safe_name(name: str, host: str, where: str) -> str:
-    """A name a host listed, refused if it could climb out of the directory it was listed in."""
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise ChannelError(host, f"listing {where}: the host returned an unusable name {name!r}")
-    return name
-
-
-def remote_tree(sftp: SftpSession, path: str, kind: str, size: int, mode: int, mtime: int) -> list[Entry]:
-    """The remote ``path`` (already stat'ed) and, for a directory, everything under it, parents first."""
-    entries = [Entry("", kind, size, mode, mtime)]
-    if kind != "dir":
-        return entries
-
-    def walk(directory: str, rel: str) -> None:
-        for name, st in sorted(sftp.listdir(directory)):
-            _safe_name(name, sftp.host, directory)
-            sub = f"{rel}/{name}" if rel else name
-            full = posixpath.join(directory, name)
-            if st.kind == "link":
-                entries.append(Entry(sub, "link", 0, 0o777, st.mtime, sftp.readlink(full)))
-            elif st.kind == "dir":
-                entries.append(Entry(sub, "dir", 0, st.mode, st.mtime))
-                walk(full, sub)
-            elif st.kind == "file":
-                entries.append(Entry(sub, "file", st.size, st.mode, st.mtime))
-
-    walk(path, "")
-    return entries
-
-
-def host_dir_name(host: str) -> str:
-    """The directory name of a host's copies under LOCAL_DIR: the host's name, made safe for a path."""
-    name = host.replace(os.sep, "_").replace("\0", "_")
-    return "_" if name in ("", ".", "..") else name
 
 
 # --- one host's job: deadline, cancellation, progress -------------------------------------------------------
@@ -628,111 +540,3 @@ def fetch(
     ``session_dirs`` maps each host to its servicer's session directory, or to the host's error (a host whose
     servicer did not start); an absolute ``remote`` is taken as it is."""
     return get(fleet, remote, local_dir, timeout=timeout, on_progress=on_progress, base=session_dirs)
-
-
-# --- sync --------------------------------------------------------------------------------------------------
-
-
-def _remove_remote(sftp: SftpSession, path: str, kind: str) -> None:
-    if kind != "dir":
-        sftp.remove(path)
-        return
-    for name, st in sftp.listdir(path):
-        _safe_name(name, sftp.host, path)
-        _remove_remote(sftp, posixpath.join(path, name), st.kind)
-    sftp.rmdir(path)
-
-
-def _same_file(old: Optional[Entry], new: Entry) -> bool:
-    """rsync's quick check: same size and same modification time (whole seconds, as SFTP v3 keeps them)."""
-    return old is not None and old.kind == "file" and (old.size, old.mtime) == (new.size, new.mtime)
-
-
-def _sync_host(fleet: Fleet, spec: HostSpec, local: str, tree: list[Entry], remote: str, delete: bool,
-               job: _Job) -> Transfer:  # fmt: skip
-    started = time.monotonic()
-    root_dir = remote.rstrip("/") or "/"
-    with _open_sftp(fleet, spec.name, job) as sftp:
-        found = sftp.stat(root_dir)
-        made: list[tuple[str, int]] = []
-        have: dict[str, Entry] = {}
-        if found is None:
-            sftp.mkdir(root_dir, 0o700)
-            made.append((root_dir, tree[0].mode))
-        elif found.kind != "dir":
-            raise ChannelError(spec.name, f"{root_dir} exists on the host and is not a directory")
-        else:
-            have = {e.rel: e for e in remote_tree(sftp, root_dir, "dir", 0, found.mode, found.mtime)[1:]}
-        wanted = {e.rel for e in tree[1:]}
-        job.total = sum(e.size for e in tree[1:] if e.kind == "file" and not _same_file(have.get(e.rel), e))
-        for entry in tree[1:]:
-            job.check()
-            target = posixpath.join(root_dir, entry.rel)
-            old = have.get(entry.rel)
-            if old is not None and old.kind != entry.kind and (old.kind == "dir" or entry.kind == "dir"):
-                if not delete:
-                    raise ChannelError(
-                        spec.name,
-                        f"{target} is a {old.kind} on the host and a {entry.kind} here (delete=True replaces it)",
-                    )
-                _remove_remote(sftp, target, old.kind)
-                job.deleted += 1
-                have = {rel: e for rel, e in have.items() if rel != entry.rel and not rel.startswith(entry.rel + "/")}
-                old = None
-            if entry.kind == "dir":
-                if old is None:
-                    sftp.mkdir(target, 0o700)
-                    made.append((target, entry.mode))
-                elif old.mode != entry.mode:
-                    sftp.chmod(target, entry.mode)
-            elif entry.kind == "link":
-                if old is None or old.kind != "link" or old.target != entry.target:
-                    _remote_symlink(sftp, entry.target, target)
-                else:
-                    job.skipped += 1
-            elif old is not None and _same_file(old, entry):
-                job.skipped += 1
-                if old.mode != entry.mode:
-                    sftp.chmod(target, entry.mode)
-            else:
-                source = os.path.join(local, *entry.rel.split("/"))
-                _upload(job, sftp, source, target, entry.mode, entry.mtime)
-        if delete:
-            for rel in sorted(set(have) - wanted, key=lambda r: r.count("/"), reverse=True):
-                parent = rel.rsplit("/", 1)[0] if "/" in rel else None
-                if parent is not None and parent not in wanted:
-                    continue  # goes with its parent
-                _remove_remote(sftp, posixpath.join(root_dir, rel), have[rel].kind)
-                job.deleted += 1
-        _finish_dirs(sftp, made)
-    return job.outcome(started, skipped=job.skipped, deleted=job.deleted)
-
-
-def sync(
-    fleet: Fleet,
-    local_dir: Union[str, os.PathLike[str]],
-    remote_dir: str,
-    *,
-    delete: bool = False,
-    timeout: Optional[float] = None,
-    on_progress: Optional[Progress] = None,
-) -> Responses:
-    """Make ``remote_dir`` on every host hold what ``local_dir`` holds (``rsync -a local_dir/ remote_dir/``):
-    only files whose size or modification time differ are sent; with ``delete``, what is on a host and not
-    here is removed. ``remote_dir`` is created (its last component) when missing."""
-    local_path = os.fspath(local_dir)
-    if not remote_dir:
-        raise UsageError("sync: the remote directory is empty")
-    _check_timeout(timeout)
-    tree = local_tree(local_path)
-    if tree[0].kind != "dir":
-        raise UsageError(f"sync: {local_path} is not a directory (use put for a single file)")
-    total = sum(e.size for e in tree if e.kind == "file")
-
-    def one(spec: HostSpec) -> Union[Transfer, HostError]:
-        job = _Job(spec.name, total, on_progress)
-        return _run_host(
-            spec.name, timeout, job, lambda: _sync_host(fleet, spec, local_path, tree, remote_dir, delete, job)
-        )
-
-    return _each(fleet, "sync", one)

@@ -540,10 +540,10 @@ class Fleet:
     ) -> Responses:
         """``rsync -a local_dir/ remote_dir/`` on every host: send what differs in size or mtime; with
         ``delete``, remove what is not here. The ``Transfer`` counts files sent, skipped and deleted."""
-        from sshfleet import _files
+        from sshfleet import _files_sync
 
         self._check_open()
-        return _files.sync(self, local_dir, remote_dir, delete=delete, timeout=timeout, on_progress=on_progress)
+        return _files_sync.sync(self, local_dir, remote_dir, delete=delete, timeout=timeout, on_progress=on_progress)
 
 
 _live_fleets: weakref.WeakSet[Fleet] = weakref.WeakSet()
