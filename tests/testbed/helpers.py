@@ -25,3 +25,17 @@ def new_key(tmp_path, name: str = "other_key") -> str:
     path = tmp_path / name
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30)
     return str(path)
+
+
+def jump_config(bed, tmp_path, extra: str = "") -> SshOptions:
+    """Options whose ssh_config reaches ``via-node01`` (node02's address) only through ``ProxyJump node01``,
+    plus the testbed's own blocks and ``extra``."""
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host via-node01\n    HostName {bed.host('node02').address}\n    ProxyJump node01\n"
+        f"    User root\n    IdentityFile {bed.client_key}\n    UserKnownHostsFile {bed.known_hosts}\n"
+        + extra
+        + "\n"
+        + bed.ssh_config.read_text()
+    )
+    return SshOptions(ssh_config=str(config), allow_agent=False, look_for_keys=False)

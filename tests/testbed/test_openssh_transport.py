@@ -20,10 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sshfleet._options import HostSpec, SshOptions, Timeouts
+from sshfleet._options import HostSpec, Timeouts
 from sshfleet._ssh import OpenSshConnection, PipeChannel, connect_openssh
 from sshfleet._ssh._openssh import sweep_stale
 from sshfleet.errors import ChannelError, ConnectTimeout
+from tests.testbed.helpers import jump_config
 
 MARGIN = 15.0
 
@@ -268,18 +269,6 @@ def test_cut_link_bounds_connect_and_ends_the_master(fresh_testbed):
 
 
 # --- ProxyJump -------------------------------------------------------------------------------------------
-
-
-def jump_config(bed, tmp_path, extra: str = "") -> SshOptions:
-    config = tmp_path / "ssh_config"
-    config.write_text(
-        f"Host via-node01\n    HostName {bed.host('node02').address}\n    ProxyJump node01\n"
-        f"    User root\n    IdentityFile {bed.client_key}\n    UserKnownHostsFile {bed.known_hosts}\n"
-        + extra
-        + "\n"
-        + bed.ssh_config.read_text()
-    )
-    return SshOptions(ssh_config=str(config), allow_agent=False, look_for_keys=False)
 
 
 def test_proxy_jump_goes_through_the_jump_host(testbed, tmp_path):

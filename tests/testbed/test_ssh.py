@@ -23,7 +23,7 @@ from sshfleet.errors import (
     ConnectTimeout,
     HostKeyError,
 )
-from tests.testbed.helpers import direct, new_key
+from tests.testbed.helpers import direct, jump_config, new_key
 
 MARGIN = 15.0  # slack on every "ends within its bound" check: CI machines are slow, never flaky
 
@@ -180,18 +180,6 @@ def test_strict_host_key_checking_no_in_ssh_config_stays_strict(testbed, tmp_pat
 
 
 # --- ProxyJump -------------------------------------------------------------------------------------------
-
-
-def jump_config(bed, tmp_path, extra: str = "") -> SshOptions:
-    config = tmp_path / "ssh_config"
-    config.write_text(
-        f"Host via-node01\n    HostName {bed.host('node02').address}\n    ProxyJump node01\n"
-        f"    User root\n    IdentityFile {bed.client_key}\n    UserKnownHostsFile {bed.known_hosts}\n"
-        + extra
-        + "\n"
-        + bed.ssh_config.read_text()
-    )
-    return SshOptions(ssh_config=str(config), allow_agent=False, look_for_keys=False)
 
 
 def test_proxy_jump_shared_by_connect_all(testbed, tmp_path):

@@ -10,10 +10,10 @@ import socket
 
 import pytest
 
-from sshfleet._options import HostSpec, SshOptions
+from sshfleet._options import HostSpec
 from sshfleet._ssh import Connection, connect, connect_openssh
 from sshfleet.errors import AuthenticationError, ChannelError, ConnectError, HostKeyError
-from tests.testbed.helpers import direct, new_key
+from tests.testbed.helpers import direct, jump_config, new_key
 
 pytestmark = pytest.mark.testbed
 CONNECT = {"paramiko": connect, "openssh": connect_openssh}
@@ -148,18 +148,6 @@ def test_refused_port_is_a_tcp_error(testbed, transport):
         CONNECT[transport](HostSpec("node01", port=2), testbed.ssh_options())
     assert type(info.value) is ConnectError and info.value.phase == "tcp"
     assert "Connection refused" in info.value.message
-
-
-def jump_config(bed, tmp_path, extra: str = "") -> SshOptions:
-    config = tmp_path / "ssh_config"
-    config.write_text(
-        f"Host via-node01\n    HostName {bed.host('node02').address}\n    ProxyJump node01\n"
-        f"    User root\n    IdentityFile {bed.client_key}\n    UserKnownHostsFile {bed.known_hosts}\n"
-        + extra
-        + "\n"
-        + bed.ssh_config.read_text()
-    )
-    return SshOptions(ssh_config=str(config), allow_agent=False, look_for_keys=False)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
