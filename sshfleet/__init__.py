@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sshfleet._agent import Agent
     from sshfleet._codegen import load_agent
     from sshfleet._controller import calling_host
+    from sshfleet._files import Transfer
     from sshfleet._fleet import Fleet
     from sshfleet._responses import Responses
     from sshfleet.inventory import Inventory, load_hosts
@@ -40,6 +41,7 @@ _LAZY = {
     "Fleet": "sshfleet._fleet",
     "calling_host": "sshfleet._controller",
     "Responses": "sshfleet._responses",
+    "Transfer": "sshfleet._files",
     "load_agent": "sshfleet._codegen",
     "Inventory": "sshfleet.inventory",
     "load_hosts": "sshfleet.inventory",
@@ -76,6 +78,7 @@ __all__ = [
     "SshFleetError",
     "SshOptions",
     "Timeouts",
+    "Transfer",
     "UsageError",
     "__version__",
     "calling_host",

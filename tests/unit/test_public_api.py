@@ -23,6 +23,7 @@ EXPECTED = {
     "SshFleetError",
     "SshOptions",
     "Timeouts",
+    "Transfer",
     "UsageError",
     "__version__",
     "calling_host",
