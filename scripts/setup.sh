@@ -9,7 +9,8 @@ venv="${VENV:-.venv}"
 
 missing=()
 for pair in sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client tcpdump:tcpdump curl:curl \
-            ip:iproute2 tc:iproute2 unshare:util-linux nsenter:util-linux pgrep:procps; do
+            ip:iproute2 tc:iproute2 ss:iproute2 unshare:util-linux nsenter:util-linux runuser:util-linux \
+            pgrep:procps tmux:tmux; do
   cmd="${pair%%:*}" pkg="${pair#*:}"
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then missing+=("$pkg"); fi
 done
