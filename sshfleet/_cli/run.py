@@ -62,7 +62,9 @@ Run one command on every host of the inventory that matches PATTERN (or on the h
 parallel, and show its output as it comes, each line prefixed with its host: stdout lines on stdout, stderr
 lines on stderr. The command after -- is passed to execvp exactly as written, one argument per word you
 typed (quote as you would locally); -c runs a shell command line with /bin/sh -c instead. The remote stdin
-is /dev/null unless --stdin, so a command that reads its input ends instead of hanging.
+is /dev/null unless --stdin, so a command that reads its input ends instead of hanging. Everything the
+command starts in the background (&, nohup, setsid, a double fork) is killed when the run ends; --detach
+leaves the command running instead and prints each host's pid.
 """
 
 EPILOG = """\
@@ -176,6 +178,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="kill the command (SIGTERM, SIGKILL 2 s later) if it runs longer; it then counts as failed",
     )
+    what.add_argument(
+        "--detach",
+        action="store_true",
+        help="leave the command running on the hosts after the run ends (in a session of its own, stdin, stdout "
+        "and stderr on /dev/null: redirect with -c to keep its output); prints each host's pid. Without it, "
+        "everything the command starts (&, nohup, setsid alike) is killed when the run ends",
+    )
     output = parser.add_argument_group("output")
     mode = output.add_mutually_exclusive_group()
     mode.add_argument(
@@ -219,6 +228,19 @@ def check_command(args: argparse.Namespace) -> None:
         raise UsageError(f"no command: give -- CMD [ARGS...] or -c 'SHELL LINE'{hint}")
     if args.shell is not None and not args.shell.strip():
         raise UsageError("-c needs a non-empty command line")
+
+
+def check_detach(args: argparse.Namespace) -> None:
+    if not args.detach:
+        return
+    given = {"--stdin": args.stdin, "--timeout": args.timeout, "-t": args.tty, "-b": args.gather}
+    given["--outdir"] = args.outdir
+    clashing = [flag for flag, value in given.items() if value]
+    if clashing:
+        raise UsageError(
+            f"--detach leaves the command running with no input or output here: drop {' and '.join(clashing)} "
+            "(redirect its output on the host with -c 'CMD > FILE 2>&1')"
+        )
 
 
 # Hosts refused at login are told apart from those not reached at all, in ping's words.
@@ -389,6 +411,7 @@ def run(args: argparse.Namespace) -> int:
             print_host_list(select_hosts(args, allow_empty=True))
             return EXIT_OK
         check_command(args)
+        check_detach(args)
         specs = select_hosts(args)
     except SshFleetError as exc:
         print(f"sshfleet run: {exc}", file=sys.stderr)
@@ -409,6 +432,8 @@ def run(args: argparse.Namespace) -> int:
                 if any(r.status != "ok" for r in results):
                     _say(*summary(results, time.monotonic() - started), *_hint(args, results))
                 return exit_status(results)
+            if args.detach:
+                return _run_detached(agent, args, started)
             return _run_fleet(agent, args, started)
     finally:
         if quiet:
@@ -498,6 +523,31 @@ def _run_fleet(agent: Any, args: argparse.Namespace, started: float) -> int:
     if broken:
         return EXIT_BROKEN_PIPE
     return EXIT_INTERRUPTED if (told or aborted) else exit_status(ordered)
+
+
+def _run_detached(agent: Any, args: argparse.Namespace, started: float) -> int:
+    """Start the command on every host and leave it running: one line per host with its pid, then the summary."""
+    responses = agent.Run(args.argv, shell=args.shell, detach=True)
+    outcomes = dict(responses)
+    results = [classify_host(host, outcomes.get(host)) for host in agent.hosts]
+    if args.json:
+        import json
+
+        document = to_json(results)
+        for host, entry in document.items():
+            entry["pid"] = getattr(outcomes.get(host), "pid", None) if entry["status"] == "ok" else None
+        print(json.dumps(document, indent=2))
+    else:
+        width = max(len(h) for h in agent.hosts) + 1
+        for result in results:
+            if result.status == "ok":
+                print(f"{result.host + ':':<{width}} detached, pid {outcomes[result.host].pid}")
+        sys.stdout.flush()
+    for result in results:
+        if result.status == "ok":
+            result.label = "detached"
+    _say(*summary(results, time.monotonic() - started), *_hint(args, results))
+    return exit_status(results)
 
 
 def _silence_stdout() -> None:

@@ -340,3 +340,48 @@ def test_openssh_transport(testbed, capsys):
     code, out, err = run(capsys, *bed_args(testbed, "--transport", "openssh"), "--", "printf", "%s\n", "a b")
     assert code == EXIT_OK, err
     assert sorted(out.splitlines()) == sorted(f"{h}: a b" for h in names(testbed))
+
+
+# --- --detach -------------------------------------------------------------------------------------------
+
+
+def test_detach_leaves_the_command_running_after_the_run(testbed, capsys, openssh):
+    line = f"sleep 300; : detach-{os.getpid()}"
+    code, out, err = run(capsys, *bed_args(testbed, "node01:node02"), "--detach", "-c", line)
+    assert code == EXIT_OK, err
+    pids = {}
+    for text in out.splitlines():
+        host, _, rest = text.partition(":")
+        pids[host] = int(rest.strip().removeprefix("detached, pid "))
+    assert list(pids) == ["node01", "node02"]
+    assert err.splitlines()[-1].startswith("sshfleet: 2 hosts: 2 ok in ")
+    try:
+        for host, pid in pids.items():  # the run has ended and its agent closed: the command still runs
+            alive = openssh(testbed, host, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+            assert alive.returncode == 0 and line in alive.stdout, alive.stderr
+    finally:
+        for host, pid in pids.items():
+            openssh(testbed, host, f"kill -TERM -{pid} 2>/dev/null; kill -TERM {pid} 2>/dev/null; true")
+
+
+def test_detach_refuses_what_needs_the_run_to_stay(testbed, capsys):
+    code, out, err = run(capsys, "-H", "node01", "--detach", "--timeout", "5", "--stdin", "--", "sleep", "1")
+    assert code == EXIT_USAGE and not out
+    assert err == (
+        "sshfleet run: --detach leaves the command running with no input or output here: drop --stdin and "
+        "--timeout (redirect its output on the host with -c 'CMD > FILE 2>&1')\n"
+    )
+
+
+def test_detach_json_has_each_pid_and_a_missing_command_is_not_started(testbed, capsys, openssh):
+    code, out, err = run(capsys, *bed_args(testbed, "node03"), "--detach", "--json", "--", "sleep", "299")
+    assert code == EXIT_OK, err
+    entry = json.loads(out)["node03"]
+    try:
+        assert entry["status"] == "ok" and entry["exit_code"] == 0 and entry["pid"] > 1
+        assert openssh(testbed, "node03", f"tr '\\0' ' ' < /proc/{entry['pid']}/cmdline").stdout == "sleep 299 "
+    finally:
+        openssh(testbed, "node03", f"kill {entry['pid']} 2>/dev/null; true")
+    code, out, err = run(capsys, *bed_args(testbed, "node04"), "--detach", "--", "no-such-command-here")
+    assert code == EXIT_UNREACHABLE and not out
+    assert "sshfleet: node04: could not start (no-such-command-here: command not found)" in err
