@@ -599,6 +599,18 @@ class Agent:
 
         if len(live) == 1 and not reviving:  # no task needed for one host
             await one(*live[0], deadline)
+        elif on_outcome is None and not reviving:
+            # The hot path: one task per host straight on its call, read once they are all done (or, when the
+            # caller stops waiting, those that are): no per-host wrapper on the way.
+            loop = asyncio.get_running_loop()
+            tasks = [loop.create_task(calls.call(path, payload, deadline)) for _, calls in live]
+            try:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                for (state, _), task in zip(live, tasks):
+                    if task.done() and not task.cancelled():
+                        result = task.exception() or task.result()
+                        sink[state.host] = self._outcome(state, method.name, reply_cls, result)
         elif live or reviving:
             await asyncio.gather(
                 *(one(state, calls, deadline) for state, calls in live),
