@@ -3,7 +3,7 @@
 ::
 
     inv = Inventory.load("inventory/lab.ini")          # format guessed: INI, YAML or one host per line
-    routers = inv.select("routers:!ct1")                # Ansible patterns, inventory order
+    routers = inv.select("routers:!ct1")                # Ansible patterns, in Ansible's order
     specs = load_hosts(["admin@r1:2222", "node[01-04]"])
     fold_hosts(["node01", "node02", "node07"])          # 'node[01-02,07]'
 
