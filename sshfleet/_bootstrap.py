@@ -268,7 +268,13 @@ class _Attempt:
             code = _payload.bootstrap_source()
             full_config = {**self.config, "agent": self.agent.hash, "deps": dict(self.deps)}
             head = str(len(code)).encode() + b"\n" + code + json.dumps(full_config).encode() + b"\n"
-            send_within(chan, head, self.deadline)
+            try:
+                send_within(chan, head, self.deadline)
+            except OSError:
+                # A command that ends at once (no such interpreter) may close the channel before the bootstrap
+                # is sent: then its exit status and stderr explain it (read below, as at any EOF).
+                if not _ended_at_once(chan):
+                    raise
             stats.bytes_sent += len(head)
             while True:
                 line = reader.readline()
@@ -392,6 +398,16 @@ def _exited(conn: Connection, chan: Channel, reader: _LineReader, python: str, s
             log_tail=tail,
         )
     return BootstrapError(conn.host, f"the bootstrap exited with status {status} before the servicer started", tail)
+
+
+def _ended_at_once(chan: Channel) -> bool:
+    """Whether the remote command has ended (its exit status arrives within a moment)."""
+    settle = time.monotonic() + 2.0
+    while not chan.exit_status_ready():
+        if time.monotonic() >= settle:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _tail_quietly(reader: _LineReader) -> str:
