@@ -241,7 +241,7 @@ def test_the_seed_experiment_runs_unchanged_on_a_mixed_fleet(testbed, tmp_path):
     inventory = tmp_path / "mixed.ini"
     lines = [f"{h.name} ansible_host={h.address} ansible_python_interpreter={pyenv_python(m)}" for h, m in pythons]
     inventory.write_text("[all]\n" + "\n".join(lines) + "\n")
-    archive = Path("/var/tmp") / f"sshfleet-test-{uuid.uuid4().hex[:12]}"  # the hosts' /tmp is private
+    archive = Path("/var/tmp") / f"sshfleet-test-{uuid.uuid4().hex[:12]}"  # where the captures come home
     argv = [
         sys.executable,
         str(REPO / "examples" / "experiment.py"),
@@ -258,6 +258,6 @@ def test_the_seed_experiment_runs_unchanged_on_a_mixed_fleet(testbed, tmp_path):
         counts = rf"mix-{server.name}\.pcap +(\d+) packets, +(\d+) HTTP client<->server, (\d+) GETs"
         match = re.search(counts, result.stdout)
         assert match and int(match.group(3)) >= 1, result.stdout
-        assert (archive / f"mix-{observer.name}.pcap").is_file()
+        assert (archive / observer.name / f"mix-{observer.name}.pcap").is_file()  # fetched home as DIR/HOST/
     finally:
         shutil.rmtree(archive, ignore_errors=True)

@@ -84,14 +84,20 @@ def test_missing_tcpdump_is_a_failed_response(
     refused(reply, "tcpdump is not installed (not on PATH nor in")
 
 
-def test_archive_refuses_a_missing_capture_and_bad_tags(tcpdump: TcpDumpAgentServicer, tmp_path: Path) -> None:
+def test_archive_refuses_a_missing_capture_and_bad_tags(
+    tcpdump: TcpDumpAgentServicer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dump = tmp_path / "x.cap"
     assert tcpdump.Configure(tpb.ConfigArgs(dumpfile=str(dump)), None).success
     refused(tcpdump.ArchiveDump(tpb.ArchiveDumpArgs(path=str(tmp_path), tag="t"), None), "no capture file at")
     dump.write_bytes(b"pcap")
     for tag in ("../x", "a/b", ".."):
         refused(tcpdump.ArchiveDump(tpb.ArchiveDumpArgs(path=str(tmp_path), tag=tag), None), "tag must be")
-    refused(tcpdump.ArchiveDump(tpb.ArchiveDumpArgs(path="rel", tag="t"), None), "path must be an absolute path")
+    # A relative path is inside the servicer's session directory (its working directory), never outside it.
+    monkeypatch.chdir(tmp_path)
+    reply = tcpdump.ArchiveDump(tpb.ArchiveDumpArgs(path="captures", tag="t"), None)
+    assert reply.success and (tmp_path / "captures" / f"t-{socket.gethostname()}.pcap").read_bytes() == b"pcap"
+    refused(tcpdump.ArchiveDump(tpb.ArchiveDumpArgs(path="../out", tag="t"), None), "leaves the session directory")
     blocker = tmp_path / "file"
     blocker.write_text("")
     reply = tcpdump.ArchiveDump(tpb.ArchiveDumpArgs(path=str(blocker / "sub"), tag="t"), None)

@@ -48,7 +48,7 @@ def test_first_word_is_a_command_or_a_method():
 
 def test_fields_with_their_equals_sign_and_not_twice():
     assert offered("Sleep sec") == ["seconds="]
-    assert offered("exec.Run ") == ["argv=", "shell=", "stdin=", "stdin_open=", "timeout=", "env=", "cwd="]
+    assert offered("exec.Run ") == ["argv=", "shell=", "stdin=", "stdin_open=", "timeout=", "env=", "cwd=", "detach="]
     assert "argv=" not in offered("exec.Run argv=['ls'] ")
     assert offered("Sleep seconds=1 ") == []
 
