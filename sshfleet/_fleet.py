@@ -251,6 +251,9 @@ class Fleet:
         self._errors: dict[str, HostError] = {}  # hosts whose ssh_config could not be used
         self._agents: list[Member] = []
         self._children: list[Fleet] = []
+        if len(self.specs) > 1:
+            with contextlib.suppress(Exception):  # a bad config is each host's error, reported by _acquire
+                _ssh.prefetch(self.specs, self.options)  # ssh -G for all hosts at once, not one by one
         for spec in self.specs:
             try:
                 self._sessions[spec.name] = _acquire(spec, self.options)

@@ -10,7 +10,7 @@ own tests and the benchmarks.
 from __future__ import annotations
 
 from sshfleet._options import SshOptions
-from sshfleet._ssh._config import ResolvedHost, resolve
+from sshfleet._ssh._config import ResolvedHost, prefetch, resolve
 from sshfleet._ssh._connection import (
     MAX_PACKET_SIZE,
     PREFERRED_CIPHERS,
@@ -56,5 +56,6 @@ __all__ = [
     "connect_openssh",
     "connection_key",
     "open_connection",
+    "prefetch",
     "resolve",
 ]
