@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from sshfleet._cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
+from sshfleet._cli._common import cli_text
 from sshfleet.errors import CallError, HostError
 from sshfleet.inventory import fold_hosts
 
@@ -124,7 +125,7 @@ def error_text(error: HostError) -> str:
     if isinstance(error, CallError):
         first = (error.details.splitlines() or [""])[0]
         return f"{error.code}: {first}"
-    first = (error.message.splitlines() or [""])[0]
+    first = cli_text((error.message.splitlines() or [""])[0])
     phase = getattr(error, "phase", None)
     return f"{phase}: {first}" if phase and not first.startswith(f"{phase}:") else first
 

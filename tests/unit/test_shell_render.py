@@ -9,7 +9,7 @@ from rich.console import Console
 
 from agents import exec_pb2, sysinfo_pb2
 from sshfleet._cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
-from sshfleet._cli._shell_render import exit_status, print_table, reply_text, rows, stream_line, to_json
+from sshfleet._cli._shell_render import error_text, exit_status, print_table, reply_text, rows, stream_line, to_json
 from sshfleet._responses import Responses
 from sshfleet.errors import BootstrapError, CallError, CallTimeout, ConnectError
 
@@ -91,3 +91,13 @@ def test_brackets_in_errors_and_host_names_are_printed_as_they_are():
     out = io.StringIO()
     print_table(Console(file=out, width=120, color_system=None), Responses("Sleep", {"web[a]": down}), 0.1)
     assert "web[a]" in out.getvalue() and "tcp: [Errno 111] Connection refused" in out.getvalue()
+
+
+def test_a_host_key_error_speaks_the_command_lines_language():
+    from sshfleet.errors import HostKeyError
+
+    error = HostKeyError(
+        "node01", "no host key known for 10.0.0.1 (...); add it with ssh-keyscan or use host_key_policy='accept-new'"
+    )
+    text = error_text(error)
+    assert "--accept-new" in text and "host_key_policy" not in text
