@@ -29,9 +29,9 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar, Union
 
 from sshfleet._files_tree import Entry, _safe_name, host_dir_name, local_tree, remote_tree
 from sshfleet._options import HostSpec
@@ -39,10 +39,28 @@ from sshfleet._responses import Responses
 from sshfleet.errors import ChannelError, HostError, UsageError
 
 if TYPE_CHECKING:
-    from sshfleet._fleet import Fleet
-    from sshfleet._ssh._seam import SftpSession
+    from sshfleet._options import Timeouts
+    from sshfleet._ssh._seam import Connection, SftpSession
 
 __all__ = ["Progress", "Transfer", "fetch", "get", "put"]  # sync: _files_sync.py
+
+
+class Fleet(Protocol):
+    """What a transfer needs of ``sshfleet.Fleet``, whose put/get/sync call into this module."""
+
+    @property
+    def hosts(self) -> list[str]: ...
+
+    @property
+    def specs(self) -> list[HostSpec]: ...
+
+    @property
+    def timeouts(self) -> Timeouts: ...
+
+    def connection(self, host: str) -> Connection: ...
+
+    def each(self, fn: Callable[[HostSpec], T], specs: Optional[Sequence[HostSpec]] = None) -> list[T]: ...
+
 
 CHUNK = 1 << 20  # bytes read or written per step; progress is reported at this grain
 PART_SUFFIX = ".sshfleet-part"

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Optional, Union
 
 from sshfleet._files import (
+    Fleet,
     Progress,
     Transfer,
     _check_timeout,
@@ -26,7 +27,6 @@ from sshfleet._responses import Responses
 from sshfleet.errors import ChannelError, HostError, UsageError
 
 if TYPE_CHECKING:
-    from sshfleet._fleet import Fleet
     from sshfleet._ssh._seam import SftpSession
 
 # --- sync --------------------------------------------------------------------------------------------------

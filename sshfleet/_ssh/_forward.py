@@ -15,13 +15,10 @@ import os
 import shutil
 import socket
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sshfleet._hub import Hub
 from sshfleet._ssh._seam import Channel, Connection
-
-if TYPE_CHECKING:
-    from sshfleet._ssh._connection import SshConnection
 from sshfleet._ssh._stale import sweep_dead_owners
 
 log = logging.getLogger("sshfleet.ssh")
@@ -241,11 +238,19 @@ class Tunnel:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class _RemoteForwarder(Protocol):
+    """What a ReverseTunnel needs of its paramiko connection."""
+
+    host: str
+
+    def cancel_remote(self, port: int) -> None: ...
+
+
 class ReverseTunnel:
     """The paramiko transport's RemoteForward (see ``_seam.py``): a port on the host's 127.0.0.1 whose
     connections arrive as forwarded-tcpip channels and are spliced, on the hub loop, to the local Unix socket."""
 
-    def __init__(self, conn: SshConnection, port: int, socket_path: str) -> None:
+    def __init__(self, conn: _RemoteForwarder, port: int, socket_path: str) -> None:
         self.conn = conn
         self._port = port
         self.socket_path = socket_path
