@@ -618,7 +618,7 @@ class Agent:
             )
 
     def _outcome(self, state: HostAgent, method: str, reply_cls: Any, result: Any) -> Outcome:
-        if isinstance(result, bytes):
+        if isinstance(result, (bytes, memoryview)):
             return reply_cls.FromString(result)
         if isinstance(result, CallFailed):
             return self._call_error(state, method, result.code, result.details, result.remote_traceback)
