@@ -18,8 +18,6 @@ import threading
 import tty
 from typing import Any, NoReturn
 
-from sshfleet._cli._output import HostResult
-
 
 def window_size(fd: int) -> tuple[int, int]:
     with contextlib.suppress(OSError):
@@ -59,13 +57,10 @@ def _exit_on_signal(signum: int, frame: object) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
-def run_interactive(agent: Any, args: argparse.Namespace) -> list[HostResult]:
-    """Run the command on the agent's only host, wired to our terminal; returns its one HostResult."""
-    import importlib
-
-    from sshfleet._cli.run import EXEC_AGENT_MODULE
-
-    pipe = importlib.import_module(EXEC_AGENT_MODULE).PIPE
+def run_interactive(agent: Any, args: argparse.Namespace) -> tuple[str, Any]:
+    """Run the command on the agent's (an ExecAgent's) only host, wired to our terminal; returns that host and
+    how its command ended (its RunReply or HostError), for the caller to classify."""
+    pipe = agent.PIPE
     in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
     sys.stdout.flush()
     host = agent.hosts[0]
@@ -107,6 +102,4 @@ def run_interactive(agent: Any, args: argparse.Namespace) -> list[HostResult]:
             signal.signal(signum, handler)
         if not stream.done:
             stream.cancel()
-    from sshfleet._cli.run import classify_host
-
-    return [classify_host(host, outcome)]
+    return host, outcome

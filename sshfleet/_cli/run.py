@@ -428,7 +428,7 @@ def run(args: argparse.Namespace) -> int:
             if interactive:
                 from sshfleet._cli._run_tty import run_interactive
 
-                results = run_interactive(agent, args)
+                results = [classify_host(*run_interactive(agent, args))]
                 if any(r.status != "ok" for r in results):
                     _say(*summary(results, time.monotonic() - started), *_hint(args, results))
                 return exit_status(results)
