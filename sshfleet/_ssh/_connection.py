@@ -492,7 +492,6 @@ def _connect_chain(chain: tuple[ResolvedHost, ...], options: SshOptions) -> SshC
 
 def _connect_resolved(host: ResolvedHost, options: SshOptions, via: Optional[SshConnection] = None) -> SshConnection:
     started = time.monotonic()
-    hops: list[SshConnection] = []
     release: Optional[Callable[[], None]] = None
     sock: Union[socket.socket, paramiko.Channel]
     try:
@@ -507,10 +506,9 @@ def _connect_resolved(host: ResolvedHost, options: SshOptions, via: Optional[Ssh
     except BaseException:
         if release is not None:
             release()
-        for hop in reversed(hops):
-            hop.close()
         raise
-    conn = SshConnection(host, transport, hops, options.timeouts.close, release)
+    # The jump chain (if any) is the pool's: this connection hands it back with release() when it closes.
+    conn = SshConnection(host, transport, [], options.timeouts.close, release)
     conn.connect_seconds = time.monotonic() - started
     return conn
 

@@ -65,11 +65,6 @@ class JumpPool(Generic[C]):
 
         return conn, release
 
-    def users(self, key: Hashable) -> int:
-        with self._lock:
-            entry = self._entries.get(key)
-            return entry.users if entry is not None else 0
-
     def _drop(self, key: Hashable, entry: _Entry[C]) -> None:
         with self._lock:
             entry.users -= 1

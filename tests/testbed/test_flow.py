@@ -125,6 +125,10 @@ def test_client_streaming_broadcast_and_one_stream_per_host(testbed, flow_class)
         assert {h: r.total for h, r in replies.items()} == {h: int(h[-2:]) for h in hosts}
         with pytest.raises(UsageError, match="not a host"):
             agent.Sum({"nosuchhost": []})
+        # a request the caller got wrong ends every host's stream and is raised to the caller, not lost
+        with pytest.raises(UsageError, match="nosuch"):
+            list(agent.Sum([{"value": 1}, {"nosuch": 2}]))
+        assert agent.Sum([{"value": 1}]) is not None and dict(agent.Sum([{"value": 3}]))[hosts[0]].total == 3
 
 
 def test_bidi_broadcast_tags_each_host_and_an_early_break_cancels(testbed, flow_class):
