@@ -455,6 +455,10 @@ def main():
         config["supervisor_pid"] = supervisor
     sys.path[:0] = [os.path.join(cache, wanted["agent"]), os.path.join(cache, wanted["deps"])]
     sys.meta_path.insert(0, LazyModules)
+    # A servicer forks only to exec (the Exec agent's commands, servicers' subprocesses): grpc's fork handlers,
+    # meant for children that go on using grpc, are not needed, and some releases (around grpcio 1.78-1.80,
+    # what Python 3.9 hosts get) abort such a child before its exec. Off, as grpc advises for fork+exec.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     try:
         import sshfleet_runtime
     except Exception:
