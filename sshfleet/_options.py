@@ -16,6 +16,11 @@ Three kinds of settings, kept apart (DESIGN.md "Options"):
 
 Fleet and call settings are never part of the sharing key: two agents that differ only in their call timeout
 share one connection per host.
+
+Launch settings say how one agent's servicer starts on a host: the interpreter (``python``) and ``become`` (run it
+as another user through sudo, Ansible's word). They belong to the agent, not the connection or the fleet: a
+TcpDumpAgent as root and an ExecAgent as the login user share one connection per host. ``resolve_become`` merges
+them as options merge: defaults <- inventory host vars (HostSpec) <- the agent's arguments.
 """
 
 from __future__ import annotations
@@ -92,6 +97,10 @@ class HostSpec:
     identity_file: Optional[str] = None
     python: Optional[str] = None
     vars: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # Launch settings from ansible_become / _become_user / _become_password (None: not said by the inventory).
+    become: Optional[bool] = None
+    become_user: Optional[str] = None
+    become_password: Optional[str] = field(default=None, repr=False, compare=False, hash=False)
 
 
 _HOST_RE = re.compile(
@@ -118,6 +127,62 @@ def parse_host_string(text: str, path: Optional[str] = None, line: Optional[int]
             raise InventoryError(f"port out of range in {text!r}", path, line)
     name = m.group("v6") or m.group("host")
     return HostSpec(name=name, user=m.group("user"), port=port)
+
+
+BECOME_METHODS: tuple[str, ...] = ("sudo",)
+
+
+@dataclass(frozen=True)
+class Become:
+    """Start the servicer as ``user`` through sudo (Ansible's become, sudo method only).
+
+    Without a ``password`` the command is ``sudo -n``: a host that wants one fails at once with sudo's own
+    words, rather than waiting on a prompt nobody answers. A password is sent on the bootstrap channel's stdin
+    (``sudo -S``), never in argv or the environment; it is left out of ``repr`` so a log line cannot show it.
+    """
+
+    user: str = "root"
+    password: Optional[str] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.user or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\$?", self.user):
+            raise UsageError(f"become_user must be a user name, got {self.user!r}")
+        if self.password is not None and ("\n" in self.password or "\r" in self.password or "\0" in self.password):
+            raise UsageError("become_password must be one line (sudo reads it up to the first newline)")
+
+
+def resolve_become(
+    spec: HostSpec,
+    become: Optional[bool] = None,
+    become_user: Optional[str] = None,
+    become_password: Optional[str] = None,
+) -> Optional[Become]:
+    """The Become for ``spec``'s host, or None to start the servicer as the login user.
+
+    As Ansible does, only ``become`` (the argument, else the inventory's ``ansible_become``) turns it on;
+    ``become_user`` (default root) and ``become_password`` only say how. An argument wins over the inventory,
+    so ``become=False`` keeps a host whose inventory says ``ansible_become=true`` as its login user.
+    """
+    enabled = become if become is not None else spec.become
+    if not enabled:
+        return None
+    user = become_user if become_user is not None else spec.become_user
+    password = become_password if become_password is not None else spec.become_password
+    return Become(user=user or "root", password=password)
+
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+def parse_bool(text: str) -> Optional[bool]:
+    """An inventory boolean as Ansible reads one (yes/no, true/false, on/off, 1/0), None if it is none of them."""
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    return None
 
 
 @dataclass(frozen=True)

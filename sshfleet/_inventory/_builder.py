@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sshfleet._inventory._ranges import _is_ipv6_literal, expand_hostrange
-from sshfleet._options import HostSpec, parse_host_string
+from sshfleet._options import BECOME_METHODS, HostSpec, parse_bool, parse_host_string
 from sshfleet.errors import InventoryError
 
 ALL = "all"
@@ -27,6 +27,13 @@ CONNECTION_VARS: dict[str, tuple[str, ...]] = {
     "identity_file": ("sshfleet_identity_file", "ansible_ssh_private_key_file", "ansible_private_key_file"),
     "python": ("sshfleet_python", "ansible_python_interpreter"),
 }
+# The launch settings of become (see _options.Become), strongest first; Ansible accepts both password spellings.
+BECOME_VARS: dict[str, tuple[str, ...]] = {
+    "become": ("ansible_become",),
+    "become_user": ("ansible_become_user",),
+    "become_password": ("ansible_become_password", "ansible_become_pass"),
+}
+BECOME_METHOD_VAR = "ansible_become_method"
 # Ansible's "discover it yourself" values: sshfleet probes the host's python3 anyway.
 _AUTO_PYTHON = {"auto", "auto_silent", "auto_legacy", "auto_legacy_silent"}
 # Set in a group's inventory vars, it orders groups of the same depth (Ansible reads it there only).
@@ -323,6 +330,7 @@ class Builder:
                 continue
             values[field_name] = value
         port = values["port"]
+        become, become_user, become_password = self._become(name, merged)
         return HostSpec(
             name=name,
             hostname=values["hostname"],
@@ -330,5 +338,49 @@ class Builder:
             user=values["user"],
             identity_file=values["identity_file"],
             python=values["python"],
-            vars={k: v.value for k, v in merged.items()},
+            # The become password stays out of ``vars`` (a repr or a dump of vars would show it).
+            vars={k: v.value for k, v in merged.items() if k not in BECOME_VARS["become_password"]},
+            become=become,
+            become_user=become_user,
+            become_password=become_password,
         )
+
+    def _become(self, name: str, merged: dict[str, VarValue]) -> tuple[Optional[bool], Optional[str], Optional[str]]:
+        """The host's become settings; an error names the line of a value sshfleet cannot honour (a method
+        other than sudo, a become that is not a boolean, a template), as a bad port is."""
+        method = merged.get(BECOME_METHOD_VAR)
+        if method is not None and method.value.strip() and method.value.strip() not in BECOME_METHODS:
+            raise InventoryError(
+                f"host {name!r}: {BECOME_METHOD_VAR}={method.value.strip()!r}: sshfleet becomes another user "
+                f"with sudo only (set {BECOME_METHOD_VAR}=sudo or leave it out)",
+                method.path,
+                method.line,
+            )
+        out: dict[str, Optional[str]] = {}
+        become: Optional[bool] = None
+        for field_name, var_names in BECOME_VARS.items():
+            out[field_name] = None
+            var_name = next((v for v in var_names if v in merged), None)
+            if var_name is None:
+                continue
+            chosen = merged[var_name]
+            value = chosen.value if field_name == "become_password" else chosen.value.strip()
+            if _TEMPLATE_RE.search(value):
+                raise InventoryError(
+                    f"host {name!r}: {var_name} is a Jinja template, which sshfleet does not evaluate "
+                    f"(set {var_names[0]} to a plain value)",
+                    chosen.path,
+                    chosen.line,
+                )
+            if field_name == "become":
+                flag = parse_bool(value)
+                if flag is None:
+                    raise InventoryError(
+                        f"host {name!r}: {var_name}={value!r} is not a boolean (true/false, yes/no)",
+                        chosen.path,
+                        chosen.line,
+                    )
+                become = flag
+            elif value:
+                out[field_name] = value
+        return become, out["become_user"], out["become_password"]
