@@ -10,7 +10,7 @@ venv="${VENV:-.venv}"
 missing=()
 for pair in sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client tcpdump:tcpdump curl:curl \
             ip:iproute2 tc:iproute2 ss:iproute2 unshare:util-linux nsenter:util-linux runuser:util-linux \
-            pgrep:procps tmux:tmux; do
+            pgrep:procps tmux:tmux sudo:sudo visudo:sudo chpasswd:passwd; do
   cmd="${pair%%:*}" pkg="${pair#*:}"
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then missing+=("$pkg"); fi
 done

@@ -38,7 +38,7 @@ from sshfleet._futures import DEFERRED, RpcMethod, chain
 from sshfleet._hub import Hub
 from sshfleet._lifelines import HEARTBEAT, HostAgent, Lifelines
 from sshfleet._messages import build_request
-from sshfleet._options import HostKeyPolicy, HostSpec, SshOptions, Timeouts, Transport
+from sshfleet._options import Become, HostKeyPolicy, HostSpec, SshOptions, Timeouts, Transport, resolve_become
 from sshfleet._responses import Outcome, Responses
 from sshfleet._streams import SingleHostStream, StreamCall, StreamWiring
 from sshfleet.errors import (
@@ -82,7 +82,9 @@ class Agent:
     With a Fleet, those belong to the Fleet and are refused here.
     Agent options: ``timeouts`` (a Timeouts: its given fields override the fleet's bootstrap, call and close
     deadlines), ``python`` (interpreter on the hosts; default: the inventory's, else ``python3`` from the login
-    PATH), ``servicer``, ``log_level``, ``liveness``. ``close()`` is idempotent and also runs on ``with`` exit,
+    PATH), ``become``/``become_user``/``become_password`` (start the servicer through sudo as that user, default
+    root, as Ansible's become; default: the inventory's ``ansible_become*``), ``servicer``, ``log_level``,
+    ``liveness``. ``close()`` is idempotent and also runs on ``with`` exit,
     when the fleet closes, and at interpreter exit.
     """
 
@@ -128,11 +130,15 @@ class Agent:
         liveness: float = 60.0,
         controller: Any = None,
         max_workers: int = 64,
+        become: Optional[bool] = None,
+        become_user: Optional[str] = None,
+        become_password: Optional[str] = None,
     ) -> None:
         self._closed = True  # until started, close() has nothing to do
         self._controller: Optional[ControllerService] = None
         if self._pb2 is None or not self._service_name:
             raise UsageError(f"{type(self).__name__} is not a generated agent class (no proto attached)")
+        Become(user=become_user or "root", password=become_password)  # a bad one is a caller mistake: raise now
         fleet_options: dict[str, Any] = {
             "ssh_options": ssh_options,
             "forks": forks,
@@ -159,6 +165,7 @@ class Agent:
         self.timeouts = timeouts.over(self.fleet.timeouts) if timeouts is not None else self.fleet.timeouts
         self._specs = list(self.fleet.specs)
         self._python = python
+        self._become = (become, become_user, become_password)  # resolved per host at start, as the inventory may differ
         self._service = self._service_descriptor()
         self._servicer_path = Path(servicer) if servicer else None
         self._bundle = self._agent_bundle()
@@ -207,7 +214,18 @@ class Agent:
         from sshfleet.inventory import Inventory
 
         inventory = Inventory.load(path)
-        agent_keys = {"timeouts", "python", "servicer", "log_level", "liveness", "controller", "max_workers"}
+        agent_keys = {
+            "timeouts",
+            "python",
+            "servicer",
+            "log_level",
+            "liveness",
+            "controller",
+            "max_workers",
+            "become",
+            "become_user",
+            "become_password",
+        }
         fleet = Fleet(
             inventory.select(pattern), inventory=inventory, **{k: v for k, v in options.items() if k not in agent_keys}
         )
@@ -309,6 +327,7 @@ class Agent:
                 deps=self._deps_index,
                 config=config,
                 timeout=self.timeouts.bootstrap,
+                become=resolve_become(spec, *self._become),
             )
             state.process = process
             state.metadata = ((TOKEN_KEY, secret),)

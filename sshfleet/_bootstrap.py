@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from sshfleet import _payload
+from sshfleet._options import Become
 from sshfleet._ssh import Channel, Connection
 from sshfleet.errors import (
     BootstrapError,
@@ -69,6 +70,38 @@ class ServicerProcess:
     def remember_stderr(self, data: bytes) -> None:
         self.stderr_tail += data
         del self.stderr_tail[:-65536]
+
+
+class BecomeError(BootstrapError):
+    """sudo would not start the servicer as the become user: no sudo rule, a password needed or refused."""
+
+    kind = "become_failed"
+
+
+# What the become wrapper prints once sudo has let it through: until then, stdin belongs to sudo (its password),
+# and an exit is sudo's refusal, not the interpreter's. Before the bootstrap's own lines, never mistaken for them.
+BECOME_SUCCESS = "SSHFLEET BECOME {}"
+# sudo -S writes this (not the translated "[sudo] password for ...") on stderr when it wants the password:
+# a fixed text the controller can wait for, answered only when it appears, so a password is never sent to a
+# sudo that did not ask (it would reach the bootstrap's stdin instead).
+BECOME_PROMPT = "[sshfleet-become] password:"
+
+
+def become_command(command: str, become: Become) -> str:
+    """``command`` (one of the ``exec ...`` lines below) run through sudo as ``become.user``.
+
+    ``-H`` sets HOME to the become user's, so the payload cache and session directories are that user's own
+    (``~root/.cache/sshfleet`` when becoming root), created and checked 0700 as theirs exactly as for a login
+    user. ``-n`` without a password: sudo fails at once instead of prompting. ``--`` and ``/bin/sh -c`` keep
+    one code path for a named interpreter and for discovery, which then search the become user's PATH (sudo's
+    secure_path). No pty is asked for (sudo's ``use_pty`` applies only when sudo runs in a terminal; an exec
+    channel has none), so the bootstrap's stdin and stdout are the channel's, and its EOF stops the servicer
+    as without become; sudo waits for its child and exits with it.
+    """
+    auth = ["-S", "-p", BECOME_PROMPT] if become.password is not None else ["-n"]
+    inner = f"echo {shlex.quote(BECOME_SUCCESS)}; {command}"
+    argv = ["sudo", "-H", *auth, "-u", become.user, "--", "/bin/sh", "-c", inner]
+    return "exec " + " ".join(shlex.quote(word) for word in argv)
 
 
 def remote_command(python: str) -> str:
@@ -162,6 +195,9 @@ class _Unusable(Exception):
         self.error = error
 
 
+PROMPTED = b"\0prompted"  # readline's answer when sudo asked for the password (never a real line: it has no \n)
+
+
 class _LineReader:
     """Reads stdout lines (and keeps stderr) from a channel, never past a deadline."""
 
@@ -176,12 +212,16 @@ class _LineReader:
         while self.chan.recv_stderr_ready():
             self.stderr += self.chan.recv_stderr(65536)
 
-    def readline(self) -> Optional[bytes]:
+    def readline(self, prompt: Optional[bytes] = None, answered: int = 0) -> Optional[bytes]:
+        """The next stdout line, None at EOF; with ``prompt``, PROMPTED as soon as stderr holds it more than
+        ``answered`` times (stderr is looked at every 50 ms then, not every 500 ms)."""
         while b"\n" not in self.buf:
+            if prompt is not None and self.stderr.count(prompt) > answered:
+                return PROMPTED
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 raise socket.timeout()
-            self.chan.settimeout(min(remaining, 0.5))
+            self.chan.settimeout(min(remaining, 0.05 if prompt is not None else 0.5))
             try:
                 data = self.chan.recv(65536)
             except socket.timeout:
@@ -207,6 +247,7 @@ def start_servicer(
     deps: Mapping[str, str],
     config: Mapping[str, Any],
     timeout: float,
+    become: Optional[Become] = None,
 ) -> ServicerProcess:
     """Probe, ship what the host lacks, start the servicer; return once it listens.
 
@@ -215,12 +256,17 @@ def start_servicer(
     ``python3`` and it is missing, broken or too old, the usual other places are tried (``discovery_command``);
     an interpreter named otherwise is used as given. ``facts["interpreter"]`` says which one runs the servicer.
 
-    Raises BootstrapError (or RemotePythonError / PayloadError / ChannelError) naming the host, with the remote
-    output in ``log_tail``; the channel is closed on every failure. Both attempts share the one deadline.
+    With ``become``, each attempt runs through sudo (``become_command``) and the servicer runs as that user;
+    sudo's refusal raises BecomeError (kind "become_failed") with sudo's words, and no other interpreter is
+    tried then, since none would fare better.
+
+    Raises BootstrapError (or RemotePythonError / PayloadError / ChannelError / BecomeError) naming the host,
+    with the remote output in ``log_tail``; the channel is closed on every failure. Both attempts share the one
+    deadline.
     """
     started = time.monotonic()
     stats = BootstrapStats()
-    attempt = _Attempt(conn, agent, deps, config, started, started + timeout, stats)
+    attempt = _Attempt(conn, agent, deps, config, started, started + timeout, stats, become)
     try:
         process = attempt.run(remote_command(python), python)
     except _Unusable as unusable:
@@ -254,33 +300,46 @@ class _Attempt:
     started: float
     deadline: float
     stats: BootstrapStats
+    become: Optional[Become] = None
 
     def run(self, command: str, python: str) -> ServicerProcess:
         """Raises _Unusable when the interpreter never ran the bootstrap or is too old."""
-        conn, stats = self.conn, self.stats
+        conn, stats, become = self.conn, self.stats, self.become
         host = conn.host
         timeout = max(self.deadline - time.monotonic(), 0.001)
-        chan = conn.exec(command, timeout=timeout)
+        chan = conn.exec(become_command(command, become) if become else command, timeout=timeout)
         stats.round_trips += 2  # channel open, exec request
         reader = _LineReader(host, chan, self.deadline)
         spoke = False
+        became = become is None
         try:
+            if become is not None and become.password is not None:
+                # sudo reads its password from the stdin the bootstrap reads next: nothing more may be sent
+                # until sudo has asked for it and taken it (or let us through without asking).
+                _authenticate(host, chan, reader, become)
+                became = True
+                stats.round_trips += 1
             code = _payload.bootstrap_source()
             full_config = {**self.config, "agent": self.agent.hash, "deps": dict(self.deps)}
             head = str(len(code)).encode() + b"\n" + code + json.dumps(full_config).encode() + b"\n"
             try:
                 send_within(chan, head, self.deadline)
             except OSError:
-                # A command that ends at once (no such interpreter) may close the channel before the bootstrap
-                # is sent: then its exit status and stderr explain it (read below, as at any EOF).
+                # A command that ends at once (no such interpreter, sudo refusing) may close the channel before
+                # the bootstrap is sent: then its exit status and stderr explain it (read below, as at any EOF).
                 if not _ended_at_once(chan):
                     raise
             stats.bytes_sent += len(head)
             while True:
                 line = reader.readline()
                 if line is None:
+                    if not became:
+                        raise _become_refused(host, chan, reader, become)
                     error = _exited(conn, chan, reader, python, spoke)
                     raise error if spoke else _Unusable(error)
+                if line == BECOME_SUCCESS.encode():
+                    became = True
+                    continue
                 parsed = parse_line(line)
                 if parsed is None:
                     continue  # e.g. a heartbeat or noise from a login script
@@ -317,6 +376,69 @@ class _Attempt:
         except (BootstrapError, _Unusable):
             close_quietly(chan)
             raise
+
+
+def _authenticate(host: str, chan: Channel, reader: _LineReader, become: Become) -> None:
+    """Answer sudo's password prompt once; return when the wrapper says sudo let it through.
+
+    sudo may not ask at all (NOPASSWD, a cached credential): then the success line comes first and no password
+    is sent. A second prompt means the password was refused: BecomeError at once, with no second try (each
+    try costs the host a failed-login record, and sudo would wait on the prompt until the deadline).
+    """
+    assert become.password is not None
+    prompt = BECOME_PROMPT.encode()
+    answered = 0
+    while True:
+        line = reader.readline(prompt, answered)
+        if line is None:
+            raise _become_refused(host, chan, reader, become)
+        if line == PROMPTED:
+            if answered:
+                close_quietly(chan)
+                raise BecomeError(
+                    host,
+                    f"sudo refused the become password for becoming {become.user!r} (wrong password); "
+                    "give the login user's sudo password with become_password=",
+                    log_tail=_without_prompts(_tail_quietly(reader)),
+                )
+            send_within(chan, become.password.encode() + b"\n", reader.deadline)
+            answered += 1
+            continue
+        if line == BECOME_SUCCESS.encode():
+            return
+        # anything else before the success line is a login script's noise
+
+
+def _become_refused(host: str, chan: Channel, reader: _LineReader, become: Optional[Become]) -> BecomeError:
+    """sudo ended before the wrapper ran: its own stderr says why; the advice depends on the why."""
+    _exited_status(chan)
+    tail = _without_prompts(_tail_quietly(reader))
+    close_quietly(chan)
+    user = become.user if become else "root"
+    said = " ".join(line.strip() for line in tail.strip().splitlines()[-2:]) or "sudo exited without a word"
+    if "password is required" in tail:
+        advice = (
+            f"sudo wants a password to run commands as {user!r}: give it with become_password= "
+            "(or ansible_become_password in the inventory), or allow the login user NOPASSWD in sudoers"
+        )
+    elif "incorrect password" in tail or "Sorry, try again" in tail:
+        advice = f"sudo refused the become password for becoming {user!r} (wrong password)"
+    elif "not found" in tail and "sudo" in tail:
+        advice = "sudo is not installed on the host (become needs it)"
+    else:
+        advice = f"sudo would not run the servicer as {user!r}"
+    return BecomeError(host, f"{advice}: {said}", log_tail=tail)
+
+
+def _without_prompts(text: str) -> str:
+    return text.replace(BECOME_PROMPT, "")
+
+
+def _exited_status(chan: Channel) -> int:
+    settle = time.monotonic() + 2.0
+    while not chan.exit_status_ready() and time.monotonic() < settle:
+        time.sleep(0.01)
+    return chan.recv_exit_status() if chan.exit_status_ready() else -1
 
 
 def _servicer_process(

@@ -509,6 +509,15 @@ class Testbed:
         system.command(["tc", "qdisc", "del", "dev", host.veth, "root"], check=False)
         system.command(["ip", "netns", "exec", host.netns, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
 
+    # ----------------------------------------------------------------- sudo
+    def sudo_rule(
+        self, rule: str = "ALL=(ALL) NOPASSWD: ALL", user: str = LOGIN_USER, password: Optional[str] = None
+    ) -> contextlib.AbstractContextManager[str]:
+        """A sudoers rule for ``user`` (default the login user ``fleet``) while the ``with`` block runs, and with
+        ``password`` a login password for sudo to ask for: for tests of ``become``. The rule holds on every host
+        (they share the machine's /etc); see ``system.sudo_rule`` for how it is checked and removed."""
+        return system.sudo_rule(user, rule, password)
+
     # ----------------------------------------------------------------- leftovers
     def session_dirs(self, ref: HostRef) -> dict[str, Path]:
         """Controller-side paths of ``~/.cache/sshfleet/sessions`` as the host sees it, per login user."""

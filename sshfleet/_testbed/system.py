@@ -215,3 +215,63 @@ def read_pid_file(path: str) -> Optional[int]:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
+
+
+SUDOERS_DIR = "/etc/sudoers.d"
+SUDO_LOCK_PATH = "/run/sshfleet-testbed-sudo.lock"
+
+
+@contextlib.contextmanager
+def sudo_rule(user: str, rule: str, password: Optional[str] = None) -> Iterator[str]:
+    """Let ``user`` run sudo as ``rule`` says (``ALL=(ALL) NOPASSWD: ALL``) while the block runs; yield the path
+    of the drop-in. With ``password``, ``user`` also gets that login password for the block.
+
+    /etc/sudoers and /etc/shadow are the machine's, shared by every testbed (and by the machine itself): the
+    drop-in is checked with ``visudo -cf`` before sudo can see it, is mode 0440, and is removed afterwards, with
+    the user's password field put back as it was. A machine-wide lock keeps two blocks (two test processes)
+    from seeing each other's rules. ``timestamp_timeout=0``: sudo never reuses an earlier success, so each start
+    asks again, and a test of a wrong password cannot pass on a cached right one.
+    """
+    if "\n" in rule or "\n" in user:
+        raise UsageError("a sudo rule is one line")
+    fd = os.open(SUDO_LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # sudo skips names holding "." (and ending in "~"): the file is invisible to it until renamed.
+        final = os.path.join(SUDOERS_DIR, f"sshfleet-testbed-{user}")
+        staging = os.path.join(SUDOERS_DIR, f".sshfleet-testbed-{user}.new")
+        text = f"Defaults:{user} timestamp_timeout=0, !lecture\n{user} {rule}\n"
+        os.makedirs(SUDOERS_DIR, mode=0o755, exist_ok=True)
+        with open(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o440), "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(staging, 0o440)
+        try:
+            command(["visudo", "-cf", staging])
+            os.rename(staging, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)
+        saved = _password_field(user) if password is not None else None
+        try:
+            if password is not None:
+                # chpasswd reads "user:password" on stdin: the password is in no process's argv.
+                command(["chpasswd"], input=f"{user}:{password}\n")
+            yield final
+        finally:
+            try:
+                if saved is not None:
+                    command(["chpasswd", "-e"], input=f"{user}:{saved}\n")
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(final)
+    finally:
+        os.close(fd)
+
+
+def _password_field(user: str) -> str:
+    with open("/etc/shadow", encoding="utf-8") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name == user:
+                return rest.split(":", 1)[0]
+    raise TestbedError(f"{user} has no /etc/shadow entry")
