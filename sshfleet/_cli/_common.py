@@ -13,20 +13,26 @@ users of ssh, clush, pssh, pdsh and Ansible type it:
 ``-F FILE``           ssh_config (ssh ``-F``)
 ``-o OPTION=VALUE``   an ssh_config option for every host (ssh/clush ``-o``)
 ``-v``                more logging, before or after the subcommand
+``--become``          start the agents' servicers through sudo (Ansible ``--become``; ``call``, ``shell``)
+``--become-user U``   as U, default root (Ansible ``--become-user``)
+``-K``                ask once for the sudo password, sent to every host (Ansible ``-K/--ask-become-pass``)
 ====================  =====================================================================================
+
+``--become`` has no ``-b``: Ansible's short form is taken by ``run -b`` (gather identical outputs, as in clush).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import getpass
 import os
 import re
 import shlex
 import shutil
 import sys
 import tempfile
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from sshfleet._options import TRANSPORTS, SshOptions, Timeouts
 from sshfleet.errors import InventoryError, UsageError
@@ -65,6 +71,8 @@ NO_EFFECT = {"batchmode": "yes"}
 _CLI_WORDS = (
     ("use host_key_policy='accept-new' or --accept-new", "pass --accept-new"),
     ("host_key_policy='accept-new'", "--accept-new"),
+    ("give it with become_password= (or ansible_become_password in the inventory)", "give it with -K"),
+    ("give the login user's sudo password with become_password=", "give the login user's sudo password to -K"),
 )
 
 
@@ -345,6 +353,55 @@ def options_from_args(args: argparse.Namespace) -> SshOptions:
     if args.connect_timeout is not None:
         changes["timeouts"] = Timeouts(connect=args.connect_timeout, auth=args.connect_timeout)
     return SshOptions().replace(**changes)
+
+
+# --- become ---------------------------------------------------------------------------------------------
+
+BECOME_PROMPT = "BECOME password: "  # Ansible's words for -K
+
+
+def add_become_options(group: _Group) -> None:
+    """--become, --become-user USER, -K/--ask-become-pass, as Ansible spells them (no ``-b``: see above).
+
+    Without --become, a host's inventory ``ansible_become`` still decides, as in Ansible; --become-user and -K
+    alone only say how, for the hosts that become."""
+    group.add_argument(
+        "--become",
+        action="store_true",
+        default=None,
+        help="start the agent on each host through sudo, as --become-user (default: the inventory's "
+        "ansible_become); sudo must not ask for a password unless -K gives it",
+    )
+    group.add_argument(
+        "--become-user", metavar="USER", default=None, help="the user to become (default: root, or ansible_become_user)"
+    )
+    group.add_argument(
+        "-K",
+        "--ask-become-pass",
+        action="store_true",
+        help="ask for the sudo password once, and send it to each host on the bootstrap channel's stdin",
+    )
+
+
+def become_from_args(args: argparse.Namespace, ask: Callable[[str], str] = getpass.getpass) -> dict[str, Any]:
+    """The agent keyword arguments (``become``, ``become_user``, ``become_password``) of the flags of
+    ``add_become_options``, asking for the password now when -K says so: call it once per run, after the
+    usage checks and before starting any agent, and pass the result to every agent the run starts
+    (``XAgent(specs, ..., **become_from_args(args))``). Raises UsageError when -K cannot ask (no terminal)."""
+    kwargs: dict[str, Any] = {}
+    if getattr(args, "become", None):
+        kwargs["become"] = True
+    if getattr(args, "become_user", None):
+        kwargs["become_user"] = args.become_user
+    if getattr(args, "ask_become_pass", False):
+        try:
+            password = ask(BECOME_PROMPT)
+        except EOFError:
+            raise UsageError("-K: no password given (the terminal closed)") from None
+        except OSError as exc:
+            raise UsageError(f"-K needs a terminal to ask for the sudo password: {exc}") from None
+        kwargs["become_password"] = password
+    return kwargs
 
 
 def check_ssh_options(args: argparse.Namespace) -> None:

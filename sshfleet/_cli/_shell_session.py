@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -86,8 +86,10 @@ class ShellSession:
         python: Optional[str] = None,
         label: str = "all",
         commands: Sequence[str] = (),
+        become: Optional[Mapping[str, Any]] = None,
     ) -> None:
         self.fleet = fleet
+        self.become = dict(become or {})  # --become, --become-user, -K: every agent the shell starts gets them
         self.inventory = inventory
         self.console = console
         self.python = python
@@ -228,7 +230,7 @@ class ShellSession:
                 status.update(escape(f"{name}: bootstrapping on {fold_hosts([spec.name for spec in ready])}"))
                 sub = Fleet(ready, ssh_options=self.options)
                 try:
-                    agent = loaded.agent_class(sub, python=self.python)
+                    agent = loaded.agent_class(sub, python=self.python, **self.become)
                 except BaseException:
                     sub.close()
                     raise

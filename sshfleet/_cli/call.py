@@ -15,7 +15,14 @@ import time
 from typing import Any
 
 from sshfleet._cli import EXIT_USAGE
-from sshfleet._cli._common import add_connection_options, add_host_options, options_from_args, positive_float
+from sshfleet._cli._common import (
+    add_become_options,
+    add_connection_options,
+    add_host_options,
+    become_from_args,
+    options_from_args,
+    positive_float,
+)
 from sshfleet.errors import SshFleetError, UsageError
 
 DESCRIPTION = """\
@@ -39,6 +46,7 @@ examples:
   sshfleet call -i lab.ini routers sysinfo Uname
   sshfleet call -H node[01-04] sysinfo Sleep seconds=2.5 --timeout 10
   sshfleet call -i lab.ini agents/my.proto Configure port=8080 tags="['a', 'b']" --json
+  sshfleet call -H node01 -l admin --become -K exec Run argv="['id', '-un']"
 """
 
 
@@ -62,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ssh, timeout_flag="--connect-timeout", forks_help="hosts connecting at once (default 64)", transport=True
     )
     ssh.add_argument("--python", metavar="PATH", help="python3 on the hosts (default: the inventory's, or python3)")
+    add_become_options(parser.add_argument_group("privilege escalation"))
     parser.set_defaults(func=call)
 
 
@@ -89,6 +98,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any, dict[str, object], lis
 def call(args: argparse.Namespace) -> int:
     try:
         agent_class, method, fields, specs = _prepare(args)
+        become = become_from_args(args)  # after the checks: a typo costs no password prompt either
     except SshFleetError as exc:
         print(f"sshfleet call: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -104,7 +114,7 @@ def call(args: argparse.Namespace) -> int:
     # Not a terminal (a script, CI): no wrapping at 80 columns, so each host stays on one line for grep.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
     try:
-        with agent_class(specs, ssh_options=options_from_args(args), python=args.python) as agent:
+        with agent_class(specs, ssh_options=options_from_args(args), python=args.python, **become) as agent:
             started = time.monotonic()
             times: dict[str, float] = {}
             if method.server_streaming:

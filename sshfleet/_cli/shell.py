@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from sshfleet._cli import EXIT_OK, EXIT_USAGE
 from sshfleet._cli._common import (
+    add_become_options,
     add_connection_options,
     add_host_options,
+    become_from_args,
     options_from_args,
     positive_float,
     positive_int,
@@ -97,6 +99,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ssh, timeout_flag="--connect-timeout", forks_help="hosts connecting at once (default 64)", transport=True
     )
     ssh.add_argument("--python", metavar="PATH", help="python3 on the hosts (default: the inventory's, or python3)")
+    add_become_options(parser.add_argument_group("privilege escalation"))
     parser.set_defaults(func=shell)
 
 
@@ -117,6 +120,7 @@ def shell(args: argparse.Namespace) -> int:
     try:
         specs = select_hosts(args)
         inventory = Inventory.load(args.inventory) if args.inventory else Inventory.from_hosts(specs)
+        become = become_from_args(args)
     except SshFleetError as exc:
         print(f"sshfleet shell: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -128,7 +132,7 @@ def shell(args: argparse.Namespace) -> int:
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
     fleet = Fleet(specs, ssh_options=options_from_args(args))
     session = ShellSession(
-        fleet, inventory, console, python=args.python, label=args.pattern or "all", commands=BUILTINS
+        fleet, inventory, console, python=args.python, label=args.pattern or "all", commands=BUILTINS, become=become
     )
     session.settings.timeout = args.timeout
     try:
