@@ -209,7 +209,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ssh, timeout_flag="--connect-timeout", forks_help="hosts connecting at once (default 64)", transport=True
     )
     ssh.add_argument("--python", metavar="PATH", help="python3 on the hosts (default: the inventory's, or python3)")
-    parser.set_defaults(func=run)
+    # No --transport given: the fast path where it can serve (see _start_fast), else paramiko, as before.
+    parser.set_defaults(func=run, transport=None)
 
 
 def check_command(args: argparse.Namespace) -> None:
@@ -404,6 +405,28 @@ def _start_agent(args: argparse.Namespace, specs: list[HostSpec]) -> Any:
     return module.ExecAgent(specs, ssh_options=options_from_args(args), python=args.python)
 
 
+def _start_fast(args: argparse.Namespace, specs: list[HostSpec], transport: Optional[str]) -> Any:
+    """The fast path (``sshfleet._adhoc``: one ssh process per host, a standard-library helper there, no agent)
+    when it gives the same run: a plain command (not -t, not --detach), the ssh binary here, no jump host, no
+    become, and no ``--transport paramiko``. None otherwise: the exec agent serves the run, as before."""
+    if args.tty or args.detach or transport == "paramiko":
+        return None
+    if getattr(args, "become", None) or any(getattr(spec, "become", None) for spec in specs):
+        return None
+    from sshfleet import _adhoc
+    from sshfleet._ssh._config import prefetch, resolve
+
+    options = options_from_args(args)
+    try:
+        prefetch(specs, options)
+        hosts = [resolve(spec, options) for spec in specs]
+    except SshFleetError:
+        return None  # the agent's path reports it per host, as it always has
+    if not _adhoc.usable(hosts):
+        return None
+    return _adhoc.AdhocRun(hosts, forks=options.forks, python=args.python, keepalive=float(options.keepalive))
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         check_ssh_options(args)
@@ -416,6 +439,7 @@ def run(args: argparse.Namespace) -> int:
     except SshFleetError as exc:
         print(f"sshfleet run: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    requested, args.transport = args.transport, args.transport or "paramiko"
     started = time.monotonic()
     interactive = args.tty and len(specs) == 1 and not (args.gather or args.json or args.outdir)
     interactive = interactive and _is_tty(sys.stdin) and _is_tty(sys.stdout)
@@ -424,6 +448,10 @@ def run(args: argparse.Namespace) -> int:
     if quiet:  # per-host failures are in our summary; the agent's warnings would say it twice
         agent_log.setLevel(logging.ERROR)
     try:
+        fast = _start_fast(args, specs, requested)
+        if fast is not None:
+            with fast:
+                return _run_fleet(fast, args, started)
         with _start_agent(args, specs) as agent:
             if interactive:
                 from sshfleet._cli._run_tty import run_interactive

@@ -9,17 +9,46 @@ own tests and the benchmarks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from sshfleet._options import SshOptions
 from sshfleet._ssh._config import ResolvedHost, prefetch, resolve
-from sshfleet._ssh._connection import (
-    MAX_PACKET_SIZE,
-    PREFERRED_CIPHERS,
-    WINDOW_SIZE,
-    SshConnection,
-    connect,
-)
-from sshfleet._ssh._openssh import OpenSshConnection, PipeChannel, connect_openssh, connect_resolved_openssh
 from sshfleet._ssh._seam import Channel, Connection, Forward, RemoteForward
+
+if TYPE_CHECKING:
+    from sshfleet._ssh._connection import (
+        MAX_PACKET_SIZE,
+        PREFERRED_CIPHERS,
+        WINDOW_SIZE,
+        SshConnection,
+        connect,
+    )
+    from sshfleet._ssh._openssh import OpenSshConnection, PipeChannel, connect_openssh, connect_resolved_openssh
+
+# The transports are imported on first use: paramiko alone costs ~150 ms, which `sshfleet run`'s one-off ssh
+# processes (``_oneshot``) and ssh_config resolution never need.
+_LAZY = {
+    "MAX_PACKET_SIZE": "sshfleet._ssh._connection",
+    "PREFERRED_CIPHERS": "sshfleet._ssh._connection",
+    "WINDOW_SIZE": "sshfleet._ssh._connection",
+    "SshConnection": "sshfleet._ssh._connection",
+    "connect": "sshfleet._ssh._connection",
+    "OpenSshConnection": "sshfleet._ssh._openssh",
+    "PipeChannel": "sshfleet._ssh._openssh",
+    "connect_openssh": "sshfleet._ssh._openssh",
+    "connect_resolved_openssh": "sshfleet._ssh._openssh",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sshfleet._ssh' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def open_connection(host: ResolvedHost, options: SshOptions) -> Connection:
@@ -29,6 +58,8 @@ def open_connection(host: ResolvedHost, options: SshOptions) -> Connection:
     HostKeyError, or ConnectError itself), the same for both transports.
     """
     if options.transport == "openssh":
+        from sshfleet._ssh._openssh import connect_resolved_openssh
+
         return connect_resolved_openssh(host, options)
     from sshfleet._ssh._connection import _connect_resolved
 
@@ -54,6 +85,7 @@ __all__ = [
     "SshConnection",
     "connect",
     "connect_openssh",
+    "connect_resolved_openssh",
     "connection_key",
     "open_connection",
     "prefetch",

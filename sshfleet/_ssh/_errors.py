@@ -1,6 +1,6 @@
 """Both transports' failures as ``sshfleet.errors``, in one place (httpcore's ``map_exceptions`` idea).
 
-* paramiko raises exceptions: ``PARAMIKO_ERRORS`` maps them, for every request on a live connection (session,
+* paramiko raises exceptions: ``paramiko_table()`` maps them, for every request on a live connection (session,
   exec, forward, jump channel), through ``paramiko_errors()``;
 * the OpenSSH client prints: ``OPENSSH_MESSAGES`` maps what ssh said when a master did not come up, through
   ``openssh_failure()``.
@@ -15,9 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Callable, Optional
-
-import paramiko
 
 from sshfleet._ssh._config import ResolvedHost
 from sshfleet.errors import (
@@ -42,12 +41,18 @@ def describe(exc: Optional[BaseException]) -> str:
 
 # --- paramiko ----------------------------------------------------------------------------------------------
 
-# (exception types, how the failure reads): first match wins. ChannelException is the server's refusal of one
-# channel; the others mean the connection itself could not carry the request.
-PARAMIKO_ERRORS: tuple[tuple[tuple[type[BaseException], ...], Callable[[BaseException], str]], ...] = (
-    ((paramiko.ChannelException,), lambda exc: f"refused: {getattr(exc, 'text', '') or describe(exc)}"),
-    ((paramiko.SSHException, OSError, EOFError), lambda exc: f"failed: {describe(exc)}"),
-)
+
+@cache
+def paramiko_table() -> tuple[tuple[tuple[type[BaseException], ...], Callable[[BaseException], str]], ...]:
+    """(exception types, how the failure reads): first match wins. ChannelException is the server's refusal of
+    one channel; the others mean the connection itself could not carry the request. Built on first use: the
+    OpenSSH half of this module serves `sshfleet run`, which must not pay for importing paramiko."""
+    import paramiko
+
+    return (
+        ((paramiko.ChannelException,), lambda exc: f"refused: {getattr(exc, 'text', '') or describe(exc)}"),
+        ((paramiko.SSHException, OSError, EOFError), lambda exc: f"failed: {describe(exc)}"),
+    )
 
 
 @contextmanager
@@ -58,7 +63,7 @@ def paramiko_errors(host: str, what: str, error: Callable[[str, str], HostError]
     except HostError:
         raise
     except BaseException as exc:
-        for types, reads in PARAMIKO_ERRORS:
+        for types, reads in paramiko_table():
             if isinstance(exc, types):
                 raise error(host, f"{what} {reads(exc)}") from exc
         raise
@@ -72,7 +77,8 @@ OPENSSH_MESSAGES: tuple[tuple[str, type[ConnectError], str, str], ...] = (
     (r"REMOTE HOST IDENTIFICATION HAS CHANGED", HostKeyError, "hostkey",
      "HOST KEY CHANGED for {where}; possible man-in-the-middle"),
     (r"Host key verification failed", HostKeyError, "hostkey",
-     "no host key known for {where} under strict checking (use host_key_policy='accept-new')"),
+     "no host key known for {where} under strict checking{quoted}; add it with ssh-keyscan or use "
+     "host_key_policy='accept-new'"),
     (r"Permission denied|Too many authentication failures", AuthenticationError, "auth",
      "permission denied for user {user!r}; keys: {keys}"),
     (r"(?=.*\bJUMP\b)(Stdio forwarding request failed|open failed)", ConnectError, "proxy",
@@ -106,6 +112,9 @@ def openssh_failure(host: ResolvedHost, stderr: str, said: str, *, timed_out: bo
     text = stderr + ("\nJUMP" if jump else "")
     for pattern, error, phase, summary in OPENSSH_MESSAGES:
         if re.search(pattern, text, re.DOTALL if "(?=" in pattern else 0):
+            # The advice reads last, as the paramiko transport words it; ssh's own words go before it.
+            if "{quoted}" in summary:
+                return error(host.name, summary.format(quoted=quoted, **facts), phase)
             return error(host.name, summary.format(**facts) + quoted, phase)
     if timed_out:
         if jump and not said:

@@ -60,10 +60,22 @@ def _shell_word(word: str) -> str:
 def master_argv(host: ResolvedHost, ctl: str, *, jump_ctl: Optional[str] = None, jump_host: str = "",
                 ssh: str = SSH) -> list[str]:  # fmt: skip
     """The argv of the master for ``host``: every setting comes from ``resolve()``, nothing from ssh_config."""
+    options = {"ControlPersist": "no", "ExitOnForwardFailure": "yes", **_client_options(host)}
+    options["ProxyCommand"] = proxy_command(jump_ctl, jump_host, ssh) if jump_ctl else "none"
+    return [ssh, "-F", "none", "-M", "-S", ctl, "-N", "-T", *_option_args(host, options), "--", host.hostname]
+
+
+def oneshot_argv(host: ResolvedHost, command: str, ssh: str = SSH) -> list[str]:
+    """A one-off session straight to ``host``, no master: `sshfleet run`'s plain commands, one ssh per host as
+    clush and pssh run them. Same settings as a master; LogLevel ERROR keeps ssh's notices (accept-new's
+    "Permanently added") out of the command's stderr, its errors still show. A direct host only (no jump)."""
+    options = {**_client_options(host), "ProxyCommand": "none", "LogLevel": "ERROR"}
+    return [ssh, "-F", "none", "-T", *_option_args(host, options), "--", host.hostname, command]
+
+
+def _client_options(host: ResolvedHost) -> dict[str, str]:
     options = {
-        "ControlPersist": "no",
         "BatchMode": "yes",
-        "ExitOnForwardFailure": "yes",
         "ServerAliveInterval": str(math.ceil(host.keepalive)) if host.keepalive > 0 else "0",
         "ServerAliveCountMax": str(host.keepalive_count_max),
         "ConnectTimeout": str(_seconds(host.connect_timeout)),
@@ -84,19 +96,22 @@ def master_argv(host: ResolvedHost, ctl: str, *, jump_ctl: Optional[str] = None,
         "Ciphers": CIPHERS,
         "KexAlgorithms": KEX,
         "ProxyJump": "none",
-        "ProxyCommand": proxy_command(jump_ctl, jump_host, ssh) if jump_ctl else "none",
     }
     if host.host_key_alias:
         options["HostKeyAlias"] = host.host_key_alias
     if not host.allow_agent:
         options["IdentityAgent"] = "none"
-    argv = [ssh, "-F", "none", "-M", "-S", ctl, "-N", "-T"]
+    return options
+
+
+def _option_args(host: ResolvedHost, options: dict[str, str]) -> list[str]:
+    argv = []
     for key, value in options.items():
         argv += ["-o", f"{key}={value}"]
     # Without this OpenSSH would fall back to ~/.ssh/id_*; resolve() already decided which keys to offer.
     for path in host.identity_files or ("none",):
         argv += ["-o", f"IdentityFile={_value(path)}"]
-    return [*argv, "--", host.hostname]
+    return argv
 
 
 def _known_hosts_value(host: ResolvedHost) -> str:
