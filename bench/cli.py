@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -20,13 +21,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from bench import _fleet, files, phases, report
+from bench import _fleet, adhoc, files, phases, report
 from bench._workers import WorkerError
 from bench.phases import ALL_TOOLS, Plan, Run
-from sshfleet.testbed import Testbed
+from sshfleet.testbed import MAX_HOSTS, Testbed
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PHASES = ("cold", "warm", "stream", "files", "scale")
+PHASES = ("cold", "warm", "stream", "files", "adhoc", "scale")
 BED_NAME = "bench"
 
 
@@ -38,8 +39,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument(
         "--only",
         default=None,
-        help=f"comma-separated tools and/or phases to run (tools: {', '.join(ALL_TOOLS)}; "
-        f"phases: {', '.join(PHASES)}); sshfleet always runs",
+        help=f"comma-separated tools and/or phases to run (tools: {', '.join(ALL_TOOLS)}; ad-hoc tools: "
+        f"{', '.join(adhoc.ADHOC_TOOLS)}; phases: {', '.join(PHASES)}); sshfleet always runs",
     )
     p.add_argument(
         "--user",
@@ -48,7 +49,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         help="login user on the hosts (default fleet: /usr/bin/python3 and a plain shell; root's .bashrc "
         "runs pyenv init, which costs every exec'd command hundreds of ms)",
     )
-    p.add_argument("--scale-hosts", type=int, default=128, help="hosts of the scale phase (default 128)")
+    p.add_argument("--scale-hosts", type=int, default=None, help="hosts of the scale phase (default 256; --quick: "
+                   "128, where the CPU comparison with Mitogen is made too)")  # fmt: skip
+    p.add_argument("--adhoc-reps", type=int, default=None, help="runs per tool and size in the ad-hoc phase "
+                   "(default 10)")  # fmt: skip
     p.add_argument("--out", default=None, help="results directory (default bench/results, or "
                    "bench/results/partial for --quick/--only runs)")  # fmt: skip
     return p.parse_args(argv)
@@ -58,29 +62,32 @@ def make_plan(args: argparse.Namespace) -> Plan:
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     if not sizes or sizes[0] < 1:
         raise SystemExit("--sizes needs positive integers")
-    tools, wanted_phases = set(ALL_TOOLS), set(PHASES)
+    every_tool = set(ALL_TOOLS) | set(adhoc.ADHOC_TOOLS)
+    tools, wanted_phases = every_tool, set(PHASES)
     if args.only:
         names = {n.strip() for n in args.only.split(",") if n.strip()}
-        unknown = names - set(ALL_TOOLS) - set(PHASES)
+        unknown = names - every_tool - set(PHASES)
         if unknown:
             raise SystemExit(f"--only: unknown {', '.join(sorted(unknown))}")
-        if names & set(ALL_TOOLS):
-            tools = (names & set(ALL_TOOLS)) | {"sshfleet"}
+        if names & every_tool:
+            tools = (names & every_tool) | {"sshfleet"}
         if names & set(PHASES):
             wanted_phases = names & set(PHASES)
     quick = args.quick
     return Plan(
         sizes=sizes,
         rounds=args.rounds or (50 if quick else 200),
-        cold_reps=1 if quick else 5,
+        cold_reps=1 if quick else 3,
         empty_cache_reps=1 if quick else 3,
         stream_bytes=(32 if quick else 128) << 20,
         stream_reps=2 if quick else 7,
-        scale_hosts=args.scale_hosts,
+        scale_hosts=args.scale_hosts or (128 if quick else 256),
         scale_calls=100 if quick else 1000,
-        scale_tools=["sshfleet"] if quick else ["sshfleet", "sshfleet-openssh", "mitogen"],
+        scale_tools=["sshfleet", "mitogen"],
         tools=tools,
         phases=wanted_phases,
+        adhoc_reps=args.adhoc_reps or (1 if quick else 10),
+        cpu_rounds=50 if quick else 200,
     )
 
 
@@ -115,7 +122,7 @@ def _os_name() -> str:
 
 def versions(run: Run) -> dict[str, str]:
     out = {}
-    for tool in sorted(run.plan.tools):
+    for tool in sorted(run.plan.tools & set(ALL_TOOLS)):
         try:
             out[tool] = run.worker(tool).request("version", timeout=60)["version"]
         except WorkerError as exc:
@@ -148,6 +155,25 @@ def shell_baseline(bed: Testbed, reps: int = 3) -> dict[str, Any]:
     return out
 
 
+def main_bed_hosts(plan: Plan) -> int:
+    """Hosts of the main testbed: the largest fleet size, and when the scale phase runs as many as a testbed
+    holds (256 hosts = three testbeds of 99, 99 and 58)."""
+    wanted = [*plan.sizes, *(plan.adhoc_sizes if "adhoc" in plan.phases else [])]
+    if "scale" in plan.phases:
+        wanted.append(min(MAX_HOSTS, plan.scale_hosts))
+    return max(wanted)
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise the soft limit of open files to the hard limit (256 hosts need a few thousand descriptors);
+    the workers and tools inherit it. Returns (soft, hard) as now set."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
 def _say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
@@ -169,20 +195,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     tmp = Path(tempfile.mkdtemp(prefix="sshfleet-bench-"))
     started = time.monotonic()
-    bed = Testbed(BED_NAME, max(plan.sizes))
+    bed_hosts = main_bed_hosts(plan)
+    bed = Testbed(BED_NAME, bed_hosts)
+    nofile = raise_nofile()
     run: Optional[Run] = None
     interrupted = False
     try:
-        with contextlib.suppress(Exception):
-            bed.down()  # a testbed left by a killed earlier run
-        _say(f"testbed {BED_NAME}: bringing up {max(plan.sizes)} hosts")
-        bed.up(timeout=60 + max(plan.sizes))
+        for name in (BED_NAME, *(f"{BED_NAME}{i}" for i in range(2, 6))):  # testbeds left by a killed earlier run
+            with contextlib.suppress(Exception):
+                Testbed(name).down()
+        _say(f"testbed {BED_NAME}: bringing up {bed_hosts} hosts (open files limit {nofile[0]})")
+        bed.up(timeout=60 + bed_hosts)
         run = Run(plan=plan, bed=bed, env=_fleet.env_of(bed, tmp, args.user), log_dir=tmp, say=_say)
         run.results.update(
             date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             argv=sys.argv[1:] if argv is None else argv,
             plan={k: sorted(v) if isinstance(v, set) else v for k, v in vars(plan).items()},
-            machine=machine(),
+            machine={**machine(), "nofile": nofile},
         )
         run.results["versions"] = versions(run)
         _say("versions: " + ", ".join(f"{k} {v}" for k, v in run.results["versions"].items()))
@@ -195,6 +224,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         _phase(run, "stream", lambda: phases.stream(run))
         _phase(run, "files", lambda: files.files(run))
         run.stop_workers()
+        _phase(run, "adhoc", lambda: adhoc.adhoc(run))
         _phase(run, "scale", lambda: phases.scale(run))
     except KeyboardInterrupt:
         interrupted = True

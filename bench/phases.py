@@ -39,6 +39,11 @@ class Plan:
     scale_tools: list[str]
     tools: set[str]
     phases: set[str]
+    adhoc_sizes: list[int] = field(default_factory=lambda: [1, 16, 32])
+    adhoc_reps: int = 10
+    cpu_hosts: int = 128  # the controller-CPU comparison with Mitogen in the scale phase
+    cpu_rounds: int = 200
+    scale_open_timeout: float = 300.0  # a tool that cannot bring up the many hosts in this time is reported
 
 
 @dataclass
@@ -136,8 +141,14 @@ def _cold_timeout(tool: str, n: int) -> float:
 # --------------------------------------------------------------------------------------------- warm fan-out
 
 
-def warm(run: Run, k: int, tools: list[str], rounds: int, key: Optional[str] = None) -> dict[str, Any]:
-    """Rounds of one trivial call on every host over open connections: median/p99 per round, CPU per call."""
+def warm(
+    run: Run, k: int, tools: list[str], rounds: int, key: Optional[str] = None, open_timeout: Optional[float] = None
+) -> dict[str, Any]:
+    """Rounds of one trivial call on every host over open connections: median/p99 per round, CPU per call.
+
+    The rounds go in (at most) 10 alternating blocks; after each block the worker's threads, open file
+    descriptors and RSS are sampled (``samples``, the first one taken when the connections are up).
+    """
     tools = run.wanted(tools)
     out: dict[str, Any] = {t: {"errors": []} for t in tools}
     run.results.setdefault("warm", {})[key or str(k)] = out
@@ -147,7 +158,8 @@ def warm(run: Run, k: int, tools: list[str], rounds: int, key: Optional[str] = N
         entry = out[tool]
         try:
             entry["probe_before_open"] = worker.request("probe", timeout=30)
-            entry["open_seconds"] = worker.request("open", n=k, warmup=5, timeout=120 + 2 * k)["seconds"]
+            timeout = open_timeout if open_timeout is not None else 120 + 2 * k
+            entry["open_seconds"] = worker.request("open", n=k, warmup=5, timeout=timeout)["seconds"]
             entry["info"] = worker.request("info", timeout=30)["info"]
             if tool.startswith("sshfleet"):
                 entry["servicers"] = _servicers(worker)
@@ -158,6 +170,7 @@ def warm(run: Run, k: int, tools: list[str], rounds: int, key: Optional[str] = N
             _close(worker, entry)
             continue
         entry.update(times=[], cpu=0.0, children_cpu=0.0, wall=0.0)
+        entry["samples"] = [_sample(entry["probe_before"], 0)]
         live.append(tool)
     blocks = max(1, min(10, rounds))
     per_block = math.ceil(rounds / blocks)
@@ -175,9 +188,9 @@ def warm(run: Run, k: int, tools: list[str], rounds: int, key: Optional[str] = N
             entry["times"] += reply["times"]
             for name in ("cpu", "children_cpu", "wall"):
                 entry[name] += reply[name]
-            with contextlib.suppress(WorkerError):  # threads after each block: do they grow with calls?
+            with contextlib.suppress(WorkerError):  # after each block: do threads, fds or memory grow with calls?
                 probe = run.worker(tool).request("probe", timeout=30)
-                entry.setdefault("threads_by_block", []).append([probe["python_threads"], probe["os_threads"]])
+                entry["samples"].append(_sample(probe, len(entry["times"])))
     for tool in live:
         entry = out[tool]
         worker = run.worker(tool)
@@ -202,6 +215,11 @@ def warm(run: Run, k: int, tools: list[str], rounds: int, key: Optional[str] = N
                 f"p99 {entry['round_ms']['p99']:7.2f} ms  cpu {entry['cpu_us_per_call']:7.0f} µs/call"
             )
     return out
+
+
+def _sample(probe: dict[str, Any], rounds: int) -> dict[str, Any]:
+    keys = ("python_threads", "os_threads", "fds", "rss_kib", "children")
+    return {"rounds": rounds, **{key: probe.get(key) for key in keys}}
 
 
 def _close(worker: Worker, entry: dict[str, Any]) -> None:
@@ -267,13 +285,18 @@ def stream(run: Run) -> None:
         out[tool]["cpu_s_per_gb"] = _summary(out[tool].get("cpu_s_per_gb_runs", []))
 
 
-# --------------------------------------------------------------------------------------------- 128 hosts
+# --------------------------------------------------------------------------------------------- many hosts
 
 
 def scale(run: Run) -> None:
-    """Many hosts: agent start, every host answering, threads and memory before/after many calls."""
+    """Many hosts from one controller, on testbeds joined into one fleet.
+
+    First the controller-CPU comparison with Mitogen at ``plan.cpu_hosts`` (warm rounds, ssh children
+    included, as in the warm phase), then every host answering ``plan.scale_calls`` rounds at
+    ``plan.scale_hosts`` with the controller's threads, fds and RSS sampled every tenth of the rounds.
+    """
     n = run.plan.scale_hosts
-    out: dict[str, Any] = {"hosts": n, "errors": []}
+    out: dict[str, Any] = {"hosts": n, "errors": [], "rounds_wanted": run.plan.scale_calls}
     run.results["scale"] = out
     need = n - len(run.bed.hosts)
     try:
@@ -290,7 +313,10 @@ def scale(run: Run) -> None:
             index += 1
         beds = [run.bed, *run.extra_beds]
         hosts = [h for bed in beds for h in bed.hosts][:n]
+        if not _fleet.payload_dirs(run.bed.hosts[0], run.env["user"]):  # no cold phase ran: cache one host
+            run.worker("sshfleet").request("cold", n=1, timeout=300)
         out["seeded_payloads"] = _fleet.seed_cache(run.bed.hosts[0], hosts[1:], run.env["user"])
+        out["testbeds"] = len(beds)
     except Exception as exc:
         out["errors"].append(f"testbed: {type(exc).__name__}: {exc}")
         run.say(f"scale: cannot build {n} hosts: {exc}")
@@ -299,9 +325,15 @@ def scale(run: Run) -> None:
     tmp.mkdir(exist_ok=True)
     env = _fleet.joined_env(beds, tmp, run.env["user"])
     main_env, main_workers = run.env, run.workers
+    run.stop_workers()
     run.env, run.workers = env, {}
     try:
-        warm(run, n, run.plan.scale_tools, run.plan.scale_calls, key=f"{n}")
+        cpu_hosts = run.plan.cpu_hosts
+        if 0 < cpu_hosts < n:
+            run.say(f"scale: controller CPU per host-call at {cpu_hosts} hosts, {run.plan.cpu_rounds} rounds")
+            warm(run, cpu_hosts, ["sshfleet", "mitogen"], run.plan.cpu_rounds, open_timeout=run.plan.scale_open_timeout)
+        run.say(f"scale: {n} hosts, {run.plan.scale_calls} rounds: {', '.join(run.wanted(run.plan.scale_tools))}")
+        warm(run, n, run.plan.scale_tools, run.plan.scale_calls, open_timeout=run.plan.scale_open_timeout)
     finally:
         run.stop_workers()
         run.env, run.workers = main_env, main_workers
@@ -314,4 +346,26 @@ def scale(run: Run) -> None:
             "os_after_calls": sshfleet["probe_after"]["os_threads"],
             "calls": sshfleet.get("rounds", 0),
         }
-        out["all_answered"] = sshfleet.get("rounds", 0) > 0 and not sshfleet["errors"]
+    out["all_answered"] = sshfleet.get("rounds", 0) >= run.plan.scale_calls and not sshfleet.get("errors")
+    out["flat"] = flat(sshfleet.get("samples") or [])
+
+
+def flat(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """First vs last sample and the max of threads, fds and RSS; flat = threads and fds end where they
+    started and never rose above it by more than 2, and RSS ends within 10% of where it started."""
+    if len(samples) < 2:
+        return {"flat": False, "why": "fewer than two samples"}
+    first, last = samples[0], samples[-1]
+    out: dict[str, Any] = {}
+    ok = True
+    for key in ("os_threads", "fds", "rss_kib"):
+        values = [s[key] for s in samples if s.get(key) is not None]
+        if not values:
+            continue
+        out[key] = {"first": values[0], "last": values[-1], "max": max(values)}
+        if key == "rss_kib":
+            ok = ok and values[-1] <= values[0] * 1.10
+        else:
+            ok = ok and values[-1] <= values[0] and max(values) <= values[0] + 2
+    out["flat"] = ok and first.get("rounds") == 0 and last.get("rounds", 0) > 0
+    return out

@@ -33,11 +33,12 @@ def _rounds(tool: Tool, n: int) -> dict[str, Any]:
 
 
 def _probe() -> dict[str, Any]:
-    """Threads and memory of this process, as the 128-host test reports them."""
+    """Threads, open file descriptors and memory of this process, as the many-hosts phase reports them."""
     st = _proc.status()
     return {
         "python_threads": threading.active_count(),
         "os_threads": st.get("Threads"),
+        "fds": len(os.listdir("/proc/self/fd")) - 1,  # less the one listdir itself holds open
         "rss_kib": st.get("VmRSS"),
         "peak_rss_kib": st.get("VmHWM"),
         "children": len(_proc.descendants(os.getpid())),
