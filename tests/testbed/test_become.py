@@ -60,6 +60,9 @@ def test_become_runs_the_servicer_as_root_next_to_one_as_the_login_user(testbed)
         (session,) = sessions.iterdir()
         assert (session.stat().st_uid, session.stat().st_mode & 0o777) == (0, 0o700)
         assert (sessions.parent.stat().st_uid, sessions.parent.stat().st_mode & 0o777) == (0, 0o700)
+    # close() waited for each supervisor, which removes its session directory before it exits (and sudo with it).
+    assert not list(sessions.iterdir())
+    assert testbed.wait_clean(10) == {}
 
 
 def test_tcpdump_captures_as_root_when_logged_in_as_a_sudoer(testbed):
@@ -274,3 +277,21 @@ def _read_until(fd: int, got: bytes, needle: bytes | None) -> bytes:
                 return got
             got += chunk
     return got
+
+
+def test_shell_become_runs_bang_commands_as_root(testbed, tmp_path):
+    from tests.testbed.test_shell import Terminal
+
+    env = {**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "NO_COLOR": "1"}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    argv = ["-H", "node07", "-F", str(testbed.ssh_config), "-l", "fleet", "--become"]
+    with testbed.sudo_rule(NOPASSWD):
+        terminal = Terminal(argv, env)
+        try:
+            terminal.prompt()
+            assert "node07: root\n" in terminal.line("!id -un")
+            assert terminal.exit() == EXIT_OK
+        finally:
+            if terminal.master >= 0:  # failed before its exit: do not leave the shell running
+                terminal.proc.kill()
+                terminal.close()
