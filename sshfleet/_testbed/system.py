@@ -219,6 +219,7 @@ def read_pid_file(path: str) -> Optional[int]:
 
 SUDOERS_DIR = "/etc/sudoers.d"
 SUDO_LOCK_PATH = "/run/sshfleet-testbed-sudo.lock"
+SUDO_TIMESTAMP_DIR = "/run/sudo/ts"
 
 
 @contextlib.contextmanager
@@ -264,6 +265,8 @@ def sudo_rule(user: str, rule: str, password: Optional[str] = None) -> Iterator[
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(final)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(SUDO_TIMESTAMP_DIR, user))  # sudo's record of our tries
     finally:
         os.close(fd)
 
