@@ -137,6 +137,16 @@ def test_password_goes_on_stdin_never_in_argv_or_environment(testbed):
     assert not seen, f"the password was seen in {seen}"
 
 
+def test_a_password_is_not_sent_when_sudo_does_not_ask_for_it(testbed):
+    """NOPASSWD with a password given: the password must not reach the bootstrap's stdin (its loader would read
+    it as the length of the code and fail), so the start succeeding is the proof."""
+    host = testbed.hosts[5].name
+    opts = testbed.ssh_options(user="fleet")
+    with testbed.sudo_rule(NOPASSWD), ExecAgent([host], ssh_options=opts, become=True, become_password="x") as agent:
+        assert agent.started.success(), agent.started.status()
+        assert whoami(agent) == {host: "root /root"}
+
+
 def test_sudo_wanting_a_password_that_was_not_given_is_a_clear_error(testbed):
     host = testbed.hosts[5].name
     with testbed.sudo_rule(WITH_PASSWORD, password=secrets.token_hex(8)):
