@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sshfleet",
         description="Run gRPC agents and commands on a fleet of hosts over SSH, nothing pre-installed.",
     )
-    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("-V", "--version", action=_Version, nargs=0, help="show the version and exit")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
             "-v", "--verbose", dest="verbose_after", action="count", default=0, help="more logging (-vv for debug)"
         )
     return parser
+
+
+class _Version(argparse.Action):
+    """argparse's "version" action, asking for the version only when it is shown: importlib.metadata costs
+    ~15 ms, which every `sshfleet run` would pay for nothing."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(f"{parser.prog} {version()}")  # on stdout, as argparse's own version action prints it
+        parser.exit()
 
 
 def version() -> str:

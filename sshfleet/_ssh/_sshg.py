@@ -89,28 +89,19 @@ _usable: dict[str, bool] = {}
 
 
 def ssh_binary() -> Optional[str]:
-    """The OpenSSH client to ask, or None to read the file in Python: an ``ssh`` that cannot answer ``-G``
-    (OpenSSH before 6.8, another implementation) counts as absent."""
+    """The OpenSSH client to ask, or None to read the file in Python. An ``ssh`` that cannot answer ``-G``
+    (OpenSSH before 6.8, another implementation) counts as absent once its first answer shows it (``_run``):
+    no probe process up front, which every `sshfleet run` would pay before its first connection."""
     if SSH_BINARY is not None:
         return SSH_BINARY or None
     path = shutil.which("ssh")
     if path is None:
         return None
-    if path not in _usable:
-        try:
-            probe = subprocess.run(
-                [path, "-G", "-F", "none", "--", "sshfleet-probe"],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=_QUERY_TIMEOUT,
-                check=False,
-            )
-            works = probe.returncode == 0 and "\nhostname sshfleet-probe\n" in "\n" + probe.stdout
-        except (OSError, subprocess.TimeoutExpired):
-            works = False
-        _usable[path] = works
-    return path if _usable[path] else None
+    return path if _usable.get(path, True) else None
+
+
+# What an ssh that has no -G says when asked for it (OpenSSH < 6.8: "illegal option -- G" and its usage).
+_NO_DASH_G = re.compile(r"illegal option|unknown option|invalid option|usage: ssh", re.IGNORECASE)
 
 
 def _stamp(path: Optional[str]) -> object:
@@ -176,6 +167,10 @@ def _run(query: Query, ssh: str) -> Answer:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UsageError(f"cannot run {ssh} -G for {query.host!r}: {exc}") from exc
+    unsupported = proc.returncode != 0 and _NO_DASH_G.search(proc.stderr)
+    if unsupported or (proc.returncode == 0 and "hostname " not in proc.stdout):
+        _usable[ssh] = False  # not an ssh that answers -G: the Python reading, from now on
+        return emulate(query)
     if proc.returncode != 0:
         noise = ("terminating,", "Pseudo-terminal will not be allocated")
         lines = [line for line in proc.stderr.splitlines() if line.strip() and not any(n in line for n in noise)]

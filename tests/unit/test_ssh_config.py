@@ -467,8 +467,9 @@ def test_an_ssh_without_dash_G_counts_as_absent(tmp_path, monkeypatch):
     fake.chmod(0o755)
     monkeypatch.setattr(_sshg, "SSH_BINARY", None)
     monkeypatch.setenv("PATH", str(fake.parent))
-    assert _sshg.ssh_binary() is None
+    monkeypatch.setattr(_sshg, "_usable", {})
     assert resolve(HostSpec("a"), opts()).hostname == "a"  # read in Python instead
+    assert _sshg.ssh_binary() is None  # and known as absent from its first answer on
 
 
 def test_proxy_jump_tokens_are_the_destinations_as_ssh_expands_them(home, tmp_path):
