@@ -21,8 +21,10 @@ from typing import IO, Any, Optional
 
 from sshfleet._cli import EXIT_OK, EXIT_USAGE
 from sshfleet._cli._common import (
+    add_become_options,
     add_connection_options,
     add_host_options,
+    become_from_args,
     check_ssh_options,
     cli_text,
     first_contact_hint,
@@ -48,7 +50,7 @@ from sshfleet._cli._output import (
     summary_lines,
     to_json,
 )
-from sshfleet._options import HostSpec
+from sshfleet._options import HostSpec, resolve_become
 from sshfleet.errors import SshFleetError, UsageError
 
 # The exec agent lives in the top-level `agents` package (generated code, outside the strictly typed
@@ -209,6 +211,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ssh, timeout_flag="--connect-timeout", forks_help="hosts connecting at once (default 64)", transport=True
     )
     ssh.add_argument("--python", metavar="PATH", help="python3 on the hosts (default: the inventory's, or python3)")
+    add_become_options(parser.add_argument_group("privilege escalation"))
     # No --transport given: the fast path where it can serve (see _start_fast), else paramiko, as before.
     parser.set_defaults(func=run, transport=None)
 
@@ -398,20 +401,23 @@ def _say(*lines: str) -> None:
     sys.stderr.flush()
 
 
-def _start_agent(args: argparse.Namespace, specs: list[HostSpec]) -> Any:
+def _start_agent(args: argparse.Namespace, specs: list[HostSpec], become: dict[str, Any]) -> Any:
     import importlib
 
     module = importlib.import_module(EXEC_AGENT_MODULE)
-    return module.ExecAgent(specs, ssh_options=options_from_args(args), python=args.python)
+    return module.ExecAgent(specs, ssh_options=options_from_args(args), python=args.python, **become)
 
 
-def _start_fast(args: argparse.Namespace, specs: list[HostSpec], transport: Optional[str]) -> Any:
+def _start_fast(
+    args: argparse.Namespace, specs: list[HostSpec], transport: Optional[str], become: dict[str, Any]
+) -> Any:
     """The fast path (``sshfleet._adhoc``: one ssh process per host, a standard-library helper there, no agent)
     when it gives the same run: a plain command (not -t, not --detach), the ssh binary here, no jump host, no
-    become, and no ``--transport paramiko``. None otherwise: the exec agent serves the run, as before."""
+    host that becomes another user (--become, or the inventory's ansible_become), and no ``--transport
+    paramiko``. None otherwise: the exec agent serves the run, as before."""
     if args.tty or args.detach or transport == "paramiko":
         return None
-    if getattr(args, "become", None) or any(getattr(spec, "become", None) for spec in specs):
+    if any(resolve_become(spec, **become) for spec in specs):
         return None
     from sshfleet import _adhoc
     from sshfleet._ssh._config import prefetch, resolve
@@ -436,6 +442,7 @@ def run(args: argparse.Namespace) -> int:
         check_command(args)
         check_detach(args)
         specs = select_hosts(args)
+        become = become_from_args(args)  # asks for -K's password now, once
     except SshFleetError as exc:
         print(f"sshfleet run: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -448,11 +455,11 @@ def run(args: argparse.Namespace) -> int:
     if quiet:  # per-host failures are in our summary; the agent's warnings would say it twice
         agent_log.setLevel(logging.ERROR)
     try:
-        fast = _start_fast(args, specs, requested)
+        fast = _start_fast(args, specs, requested, become)
         if fast is not None:
             with fast:
                 return _run_fleet(fast, args, started)
-        with _start_agent(args, specs) as agent:
+        with _start_agent(args, specs, become) as agent:
             if interactive:
                 from sshfleet._cli._run_tty import run_interactive
 

@@ -147,3 +147,22 @@ def test_the_oldest_host_python_runs_the_helper(testbed, capsys):
     assert json.loads(out)["node01"]["exit_code"] == 7
     _, out, _ = run(capsys, *where, "--", "no-such-command")
     assert json.loads(out)["node01"]["status"] == "not_started"
+
+
+def test_become_takes_the_agents_path_and_runs_as_root(testbed, capsys, tmp_path):
+    """--become (or the inventory's ansible_become) is served through the agent's sudo start: the command runs
+    as root for the hosts that become, as the login user through the fast path otherwise."""
+    inventory = tmp_path / "inv.ini"
+    lines = [f"{h.name} ansible_host={h.address} ansible_user=fleet" for h in testbed.hosts[:2]]
+    lines[1] += " ansible_become=true"
+    inventory.write_text("\n".join(lines) + "\n")
+    where = ["-i", str(inventory), "-F", str(testbed.ssh_config), "--json"]
+    with testbed.sudo_rule("ALL=(ALL) NOPASSWD: ALL"):
+        code, out, err = run(capsys, *where, "all", "--", "id", "-un")
+        assert code == EXIT_OK, err
+        assert {h: r["stdout"] for h, r in json.loads(out).items()} == {"node01": "fleet\n", "node02": "root\n"}
+        code, out, err = run(capsys, *where, "all", "--become", "--", "id", "-un")
+        assert code == EXIT_OK, err
+        assert {h: r["stdout"] for h, r in json.loads(out).items()} == {"node01": "root\n", "node02": "root\n"}
+    code, out, err = run(capsys, *where, "node01", "--", "id", "-un")
+    assert code == EXIT_OK and json.loads(out)["node01"]["stdout"] == "fleet\n", err
