@@ -23,7 +23,6 @@ import signal
 import struct
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple, Optional
 
@@ -54,8 +53,7 @@ class ExecEvent(NamedTuple):
     data: Any
 
 
-@dataclass
-class Outcome:
+class Outcome(NamedTuple):
     """How a command ended, in the exec agent's RunReply words (what ``_cli._output.classify`` reads)."""
 
     exit_code: int
@@ -65,20 +63,23 @@ class Outcome:
     comment: str
 
 
-@dataclass
 class _Host:
-    name: str
-    resolved: ResolvedHost
-    proc: Optional[subprocess.Popen[bytes]] = None
-    begun: float = 0.0
-    started: bool = False  # the shim said START: stderr from here on is the command's
-    before: bytearray = field(default_factory=bytearray)  # stderr before START: ssh's or the shell's words
-    held: bytes = b""  # the tail of stderr that may be the start of the end record
-    record: Optional[bytes] = None
-    open_pipes: int = 2
-    outbox: bytearray = field(default_factory=bytearray)  # frames for its stdin not written yet
-    stdin_closed: bool = False
-    done: bool = False
+    """One host's ssh process and what has come from it so far. (A plain class: a dataclass costs its
+    creation at import, and this module is on the path of every `sshfleet run`.)"""
+
+    def __init__(self, name: str, resolved: ResolvedHost) -> None:
+        self.name = name
+        self.resolved = resolved
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.begun = 0.0
+        self.started = False  # the shim said START: stderr from here on is the command's
+        self.before = bytearray()  # stderr before START: ssh's or the shell's words
+        self.held = b""  # the tail of stderr that may be the start of the end record
+        self.record: Optional[bytes] = None
+        self.open_pipes = 2
+        self.outbox = bytearray()  # frames for its stdin not written yet
+        self.stdin_closed = False
+        self.done = False
 
 
 def _frame(kind: bytes, payload: bytes = b"") -> bytes:

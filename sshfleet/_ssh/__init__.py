@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from sshfleet._options import SshOptions
 from sshfleet._ssh._config import ResolvedHost, prefetch, resolve
-from sshfleet._ssh._seam import Channel, Connection, Forward, RemoteForward
 
 if TYPE_CHECKING:
     from sshfleet._ssh._connection import (
@@ -24,10 +23,15 @@ if TYPE_CHECKING:
         connect,
     )
     from sshfleet._ssh._openssh import OpenSshConnection, PipeChannel, connect_openssh, connect_resolved_openssh
+    from sshfleet._ssh._seam import Channel, Connection, Forward, RemoteForward
 
 # The transports are imported on first use: paramiko alone costs ~150 ms, which `sshfleet run`'s one-off ssh
 # processes (``_oneshot``) and ssh_config resolution never need.
 _LAZY = {
+    "Channel": "sshfleet._ssh._seam",
+    "Connection": "sshfleet._ssh._seam",
+    "Forward": "sshfleet._ssh._seam",
+    "RemoteForward": "sshfleet._ssh._seam",
     "MAX_PACKET_SIZE": "sshfleet._ssh._connection",
     "PREFERRED_CIPHERS": "sshfleet._ssh._connection",
     "WINDOW_SIZE": "sshfleet._ssh._connection",
