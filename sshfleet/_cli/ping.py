@@ -28,6 +28,7 @@ from sshfleet._cli._common import (
     say,
     select_hosts,
 )
+from sshfleet._options import HostSpec, SshOptions
 from sshfleet.errors import ConnectError, HostError, SshFleetError
 
 LABELS = {
@@ -71,11 +72,14 @@ class Result:
 
 
 def ping(args: argparse.Namespace) -> dict[str, Result]:
+    specs = select_hosts(args)
+    options = options_from_args(args)
+    fast = _ping_with_ssh(specs, options)
+    if fast is not None:
+        return fast
     # Imported here so that `sshfleet --help` does not load paramiko.
     from sshfleet._fleet import Connected, Fleet
 
-    specs = select_hosts(args)
-    options = options_from_args(args)
     seconds: dict[str, float] = {}
 
     def record(name: str, outcome: object, took: float) -> None:
@@ -90,6 +94,35 @@ def ping(args: argparse.Namespace) -> dict[str, Result]:
             else:
                 phase = outcome.phase if isinstance(outcome, ConnectError) else None
                 results[name] = Result(_status(outcome), cli_text(outcome.message), phase, took)
+    return results
+
+
+def _ping_with_ssh(specs: list[HostSpec], options: SshOptions) -> Optional[dict[str, Result]]:
+    """With the ssh binary and no jump host: one ``ssh host exit`` per host, which logs in exactly as `run`'s
+    fast path will (the same settings, OpenSSH's handshake), and imports no paramiko. None otherwise."""
+    from sshfleet._ssh import _oneshot
+    from sshfleet._ssh._config import prefetch, resolve
+
+    try:
+        prefetch(specs, options)
+        hosts = [resolve(spec, options) for spec in specs]
+    except SshFleetError:
+        return None  # the Fleet's connect reports it per host
+    if not all(_oneshot.available(h) for h in hosts):
+        return None
+    seconds: dict[str, float] = {}
+    outcomes = _oneshot.check_logins(
+        hosts, forks=options.forks, on_result=lambda name, _, took: seconds.__setitem__(name, round(took, 3))
+    )
+    results: dict[str, Result] = {}
+    for host in hosts:
+        outcome = outcomes[host.name]
+        if isinstance(outcome, float):
+            detail = f"{host.user}@{host.hostname}:{host.port} (OpenSSH)"
+            results[host.name] = Result("ok", detail, None, seconds[host.name])
+        else:
+            message = cli_text(outcome.message)
+            results[host.name] = Result(_status(outcome), message, outcome.phase, seconds[host.name])
     return results
 
 

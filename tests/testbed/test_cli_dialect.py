@@ -226,7 +226,7 @@ def test_openssh_transport_says_accept_new_too(testbed, capsys, tmp_path):
     )  # fmt: skip
     assert code == EXIT_UNREACHABLE
     assert "host_key_policy" not in err
-    assert "node03: host key rejected (hostkey: no host key known for " in err and "(use --accept-new)" in err
+    assert "node03: host key rejected (hostkey: no host key known for " in err and "or use --accept-new)" in err
     assert "1 host: 1 host key rejected in " in err
 
 

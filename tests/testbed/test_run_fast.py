@@ -166,3 +166,22 @@ def test_become_takes_the_agents_path_and_runs_as_root(testbed, capsys, tmp_path
         assert {h: r["stdout"] for h, r in json.loads(out).items()} == {"node01": "root\n", "node02": "root\n"}
     code, out, err = run(capsys, *where, "node01", "--", "id", "-un")
     assert code == EXIT_OK and json.loads(out)["node01"]["stdout"] == "fleet\n", err
+
+
+def test_run_and_ping_import_neither_paramiko_nor_grpc(testbed):
+    """The start-up cost a user feels on every command: the fast paths load no SSH library and no gRPC."""
+    import sys
+
+    for command in (["run", *bed_args(testbed, "node01"), "--", "true"], ["ping", *bed_args(testbed, "node01")]):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "sshfleet", *command],
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            check=False,
+        )
+        assert proc.returncode == EXIT_OK, proc.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "import time:" in line}
+        assert "sshfleet._ssh._oneshot" in imported  # the fast path was the one taken
+        heavy = sorted(m for m in imported if m.split(".")[0] in ("paramiko", "grpc", "google", "cryptography"))
+        assert not heavy, f"{command[0]} imported {heavy[:5]}"
