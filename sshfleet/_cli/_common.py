@@ -24,14 +24,10 @@ users of ssh, clush, pssh, pdsh and Ansible type it:
 from __future__ import annotations
 
 import argparse
-import atexit
-import getpass
 import os
 import re
 import shlex
-import shutil
 import sys
-import tempfile
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from sshfleet._options import TRANSPORTS, SshOptions, Timeouts
@@ -325,6 +321,10 @@ def config_with_options(base: Optional[str], options: list[str]) -> Optional[str
     path = os.path.abspath(os.path.expanduser(base or DEFAULT_SSH_CONFIG))
     if '"' in path or "%" in path:
         raise UsageError(f'-o cannot be combined with an ssh_config path holding " or %: {path}')
+    import atexit
+    import shutil
+    import tempfile
+
     directory = tempfile.mkdtemp(prefix="sshfleet-options-")
     atexit.register(shutil.rmtree, directory, True)
     config = os.path.join(directory, "config")
@@ -383,7 +383,7 @@ def add_become_options(group: _Group) -> None:
     )
 
 
-def become_from_args(args: argparse.Namespace, ask: Callable[[str], str] = getpass.getpass) -> dict[str, Any]:
+def become_from_args(args: argparse.Namespace, ask: Optional[Callable[[str], str]] = None) -> dict[str, Any]:
     """The agent keyword arguments (``become``, ``become_user``, ``become_password``) of the flags of
     ``add_become_options``, asking for the password now when -K says so: call it once per run, after the
     usage checks and before starting any agent, and pass the result to every agent the run starts
@@ -394,6 +394,10 @@ def become_from_args(args: argparse.Namespace, ask: Callable[[str], str] = getpa
     if getattr(args, "become_user", None):
         kwargs["become_user"] = args.become_user
     if getattr(args, "ask_become_pass", False):
+        if ask is None:
+            import getpass
+
+            ask = getpass.getpass
         try:
             password = ask(BECOME_PROMPT)
         except EOFError:

@@ -16,7 +16,6 @@ nothing); a glob or a regex that matches nothing gives an empty selection, as in
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import re
 import warnings
@@ -185,6 +184,8 @@ class Matcher:
     def _unknown_message(self, unknown: list[str]) -> str:
         if len(unknown) == 1:
             message = f"no host or group named {unknown[0]!r} in {self.source}"
+            import difflib  # only for the error message: not on every run's path
+
             close = difflib.get_close_matches(unknown[0], [*self.groups, *self.host_names], n=3)
             if close:
                 message += f" (did you mean {', '.join(repr(c) for c in close)}?)"

@@ -6,7 +6,6 @@ keeps the text the user wrote (``yes`` stays ``yes``, ``0755`` stays ``0755``).
 
 from __future__ import annotations
 
-import json
 from typing import Any, Optional
 
 from sshfleet._inventory._builder import ALL, Builder, VarValue
@@ -88,6 +87,8 @@ class _Reader:
             data = self.loader.construct_object(node, deep=True)
         except self.yaml.YAMLError as exc:
             raise self.error(f"cannot read value: {exc}", node) from exc
+        import json
+
         return json.dumps(data, default=str)
 
     def vars(self, node: Any, what: str) -> dict[str, VarValue]:

@@ -22,17 +22,13 @@ from __future__ import annotations
 
 import fnmatch
 import getpass
-import glob
-import hashlib
 import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -150,6 +146,8 @@ def prefetch(queries: Iterable[Query], workers: int = 8) -> None:
             ask(query)
         except UsageError:
             pass
+
+    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo))), thread_name_prefix="sshfleet-ssh-G") as pool:
         list(pool.map(one, todo))
@@ -282,6 +280,9 @@ def expand_tokens(text: str, tokens: dict[str, str], path: str = "", allow_env: 
 
 def client_tokens(*, host_arg: str, hostname: str, port: int, user: str, key_alias: Optional[str]) -> dict[str, str]:
     """The tokens ``ssh`` expands in IdentityFile, CertificateFile, UserKnownHostsFile (OpenSSH 9.2)."""
+    import hashlib
+    import socket
+
     this_host = socket.gethostname()
     local_user = getpass.getuser()
     return {
@@ -394,6 +395,8 @@ class _Reader:
         expanded = os.path.expanduser(pattern)
         if not os.path.isabs(expanded):
             expanded = os.path.join(os.path.expanduser("~/.ssh"), expanded)
+        import glob
+
         for found in sorted(glob.glob(expanded)):
             if os.path.isdir(found):
                 continue

@@ -88,7 +88,7 @@ def test_verbose_counts_before_and_after_the_subcommand(monkeypatch):
     args = parser.parse_args(["-v", "run", "-vv", "--list-hosts", "-H", "a"])
     assert (args.verbose, args.verbose_after) == (1, 2)
     monkeypatch.setattr("sshfleet._cli.run.run", fake)
-    monkeypatch.setattr("sshfleet._cli.build_parser", lambda: _with_func(parser, fake))
+    monkeypatch.setattr("sshfleet._cli.build_parser", lambda *argv: _with_func(parser, fake))
     assert main(["-v", "run", "-vv", "--list-hosts", "-H", "a"]) == EXIT_OK
     assert seen["verbose"] == 3
 
