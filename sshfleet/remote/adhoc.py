@@ -79,13 +79,15 @@ def descendants():
 
 
 def reap():
+    """Collect exited children; False when we have no child left at all (then, as a subreaper, nothing below
+    us is alive either, and the /proc scan of ``descendants`` can be skipped)."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return False
         if pid == 0:
-            return
+            return True
 
 
 def kill_all(grace):
@@ -265,18 +267,20 @@ def main():
         if status is None:
             try:
                 done, status_word = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done, status_word = pid, 0
+            except ChildProcessError:  # reaped by kill_all after a timeout: it was killed, by SIGKILL at last
+                done, status_word = pid, signal.SIGKILL
             if done == pid:
                 status = status_word
                 gone_at = time.time()
-        reap()
+        # Other children (orphans given to us) are reaped only once the command's own status is in hand: a
+        # waitpid(-1) before that could take the command's status too.
+        children = reap() if status is not None else True
         now = time.time()
         if control.eof or (heartbeat > 0 and now - control.seen > 3 * heartbeat + 5):
             kill_all(KILL_GRACE)  # the controller is gone: nobody reads the result
             os._exit(1)
         if status is not None:
-            if not descendants():
+            if not children or not descendants():
                 break
             if now - gone_at > EXIT_DRAIN:
                 kill_all(KILL_GRACE)
