@@ -3,6 +3,10 @@
 A Tunnel is a Unix socket in a private 0700 directory on the controller (so no other local user can use it)
 whose every connection is spliced to a fresh direct-tcpip channel to the servicer's port on the host. The
 splicing runs on the hub's one I/O loop (``sshfleet._hub``), not on a thread per connection.
+
+A client on the hub loop can skip the socket and the splice: ``open_direct(target, protocol_factory)`` gives it
+an asyncio transport straight on a new forward channel of the Tunnel whose target that is (the call streams of
+``sshfleet._calls`` use it: one socket round trip and two loop callbacks less per call).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import os
 import shutil
 import socket
 import tempfile
-from typing import Any, Protocol
+import weakref
+from typing import Any, Callable, Optional, Protocol
 
 from sshfleet._hub import Hub
 from sshfleet._ssh._seam import Channel, Connection
@@ -28,6 +33,7 @@ _READS_PER_WAKE = 4
 _SOCK_BUF = 4 * 1024 * 1024
 FORWARD_PREFIX = "sshfleet-fwd-"
 _swept = False
+_tunnels: weakref.WeakValueDictionary[str, Tunnel] = weakref.WeakValueDictionary()  # open Tunnels by target
 
 
 def _sweep_once() -> None:
@@ -189,9 +195,11 @@ class Tunnel:
         self.listener.bind(self.path)
         self.listener.listen(16)
         self.listener.setblocking(False)
-        self.splices: set[_Splice] = set()
+        # every connection through the tunnel: spliced sockets and channels driven directly (open_direct)
+        self.splices: set[_Splice | _ChannelTransport] = set()
         self.closed = False
         hub.call(lambda: hub.loop.add_reader(self.listener.fileno(), self._accept))
+        _tunnels[self.target] = self
 
     @property
     def target(self) -> str:
@@ -236,6 +244,119 @@ class Tunnel:
         with contextlib.suppress(Exception):
             self.hub.call(shut, timeout=5)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    async def open_direct(self, protocol: asyncio.Protocol) -> _ChannelTransport:
+        """A new forward channel to the servicer's port as an asyncio transport driving ``protocol`` (on the hub
+        loop). Raises OSError (ChannelError) when the channel cannot be opened or the Tunnel is closed."""
+        chan = await self.hub.loop.run_in_executor(
+            None, lambda: self.conn.open_forward("127.0.0.1", self.port, timeout=self.open_timeout)
+        )
+        if self.closed:
+            chan.close()
+            raise ConnectionAbortedError("the forward is closed")
+        transport = _ChannelTransport(self.hub.loop, chan, protocol)
+        self.splices = {s for s in self.splices if not s.closed}
+        self.splices.add(transport)
+        return transport
+
+
+async def open_direct(target: str, protocol_factory: Callable[[], asyncio.Protocol]) -> Optional[asyncio.Protocol]:
+    """Connect ``protocol_factory()`` straight to the forward channel behind ``target`` if a paramiko Tunnel
+    serves it (returns the protocol), else None: the caller connects to the socket as usual."""
+    tunnel = _tunnels.get(target)
+    if tunnel is None or tunnel.closed:
+        return None
+    protocol = protocol_factory()
+    await tunnel.open_direct(protocol)
+    return protocol
+
+
+class _ChannelTransport(asyncio.Transport):
+    """An asyncio transport on one paramiko channel, pumped on the hub loop like ``_Splice`` (whose socket side
+    it replaces by a protocol): reads when paramiko's pipe says data is buffered, writes as far as the channel's
+    window allows and retries the rest shortly."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        chan: Channel,
+        protocol: asyncio.Protocol,
+    ) -> None:
+        super().__init__()
+        self.loop = loop
+        self.chan = chan
+        self.protocol = protocol
+        self.pending = b""
+        self.closed = False
+        self.retry: Optional[asyncio.TimerHandle] = None
+        chan.settimeout(0.0)
+        self.fd = chan.fileno()
+        loop.add_reader(self.fd, self._read)
+        protocol.connection_made(self)
+
+    def _read(self) -> None:
+        for _ in range(_READS_PER_WAKE):
+            try:
+                data = self.chan.recv(_CHAN_READ)
+            except socket.timeout:
+                return
+            except (OSError, EOFError):
+                data = b""
+            if not data:
+                self._lost()
+                return
+            self.protocol.data_received(data)
+            if self.closed:
+                return
+
+    def write(self, data: Any) -> None:
+        if self.closed:
+            return
+        if self.pending:
+            self.pending += data
+            return
+        self.pending = bytes(data)
+        self._flush()
+
+    def _flush(self) -> None:
+        self.retry = None
+        while self.pending and not self.closed:
+            try:
+                sent = self.chan.send(self.pending)
+            except socket.timeout:
+                sent = 0
+            except (OSError, EOFError):
+                self._lost()
+                return
+            if sent <= 0:  # the channel's window is full: try again shortly
+                self.retry = self.loop.call_later(0.002, self._flush)
+                return
+            self.pending = self.pending[sent:]
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def close(self) -> None:
+        self._lost()
+
+    def abort(self) -> None:
+        self._lost()
+
+    def _lost(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.pending = b""
+        if self.retry is not None:
+            self.retry.cancel()
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.fd)
+        with contextlib.suppress(Exception):
+            self.chan.close()
+        self.loop.call_soon(self.protocol.connection_lost, None)
 
 
 class _RemoteForwarder(Protocol):
