@@ -185,3 +185,14 @@ def test_run_and_ping_import_neither_paramiko_nor_grpc(testbed):
         assert "sshfleet._ssh._oneshot" in imported  # the fast path was the one taken
         heavy = sorted(m for m in imported if m.split(".")[0] in ("paramiko", "grpc", "google", "cryptography"))
         assert not heavy, f"{command[0]} imported {heavy[:5]}"
+
+
+def test_a_host_behind_a_jump_host_is_run_through_the_agent(testbed, capsys, tmp_path):
+    """The fast path's one-off ssh has no jump chain: such a run goes through the agent, with the same output."""
+    from tests.testbed.helpers import jump_config
+
+    config = jump_config(testbed, tmp_path).ssh_config
+    assert config is not None
+    code, out, err = run(capsys, "-F", config, "-H", "via-node01,node03", "--", "hostname")
+    assert code == EXIT_OK, err
+    assert sorted(line.split() for line in out.splitlines()) == [["node03:", "node03"], ["via-node01:", "node02"]]
