@@ -92,10 +92,11 @@ def remote_command(python: Optional[str], size: int) -> str:
     if python:
         return f"exec {shlex.quote(python)} -I -S -c {loader}"
     tries = " ".join(shlex.quote(p) for p in PYTHONS)
-    return (
+    script = (
         f'for p in {tries}; do command -v "$p" >/dev/null 2>&1 && exec "$p" -I -S -c {loader}; done; '
         f"echo {shlex.quote(NO_PYTHON)} >&2; exit 127"
     )
+    return f"exec /bin/sh -c {shlex.quote(script)}"  # the login shell may be csh or fish: the loop is sh's
 
 
 def usable(hosts: list[ResolvedHost]) -> bool:
