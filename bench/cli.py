@@ -220,7 +220,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         _say(f"baseline: {run.results['baseline']}")
         _phase(run, "cold", lambda: phases.cold(run))
         for k in plan.sizes:
-            _phase(run, "warm", lambda k=k: phases.warm(run, k, phases.WARM_TOOLS, plan.rounds))
+            _phase(
+                run, "warm", lambda k=k: phases.warm(run, k, phases.WARM_TOOLS, plan.rounds, fewer=phases.SLOW_PEERS)
+            )
         _phase(run, "stream", lambda: phases.stream(run))
         _phase(run, "files", lambda: files.files(run))
         run.stop_workers()

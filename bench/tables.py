@@ -63,6 +63,7 @@ def targets(results: dict[str, Any]) -> list[str]:
         s = dig(warm, str(n), "sshfleet") or {}
         f = scale.get("flat") or {}
         ok = bool(scale.get("all_answered")) and bool(f.get("flat"))
+        closing = scale.get("close_errors") or []
         seen = ", ".join(
             f"{name} {dig(f, key, 'first')} → {dig(f, key, 'last')} (max {dig(f, key, 'max')})"
             for key, name in (("os_threads", "threads"), ("fds", "fds"))
@@ -70,6 +71,8 @@ def targets(results: dict[str, Any]) -> list[str]:
         )
         if "rss_kib" in f:
             seen += f", RSS {f['rss_kib']['first'] / 1024:.0f} → {f['rss_kib']['last'] / 1024:.0f} MiB"
+        if closing:
+            seen += f"; but close() failed: {closing[0].splitlines()[0].removeprefix('close: ')}"
         rows.append(
             f"| {n} hosts all answering {scale.get('rounds_wanted', 1000)} rounds, controller threads / fds / RSS "
             f"flat | {s.get('rounds', 0)} rounds | — | {seen or '—'} | {'yes' if ok else 'no'} |"

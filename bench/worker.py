@@ -99,7 +99,9 @@ def main(argv: list[str]) -> int:
             reply = {"ok": True, **handle(tool, req)}
         except Exception as exc:
             traceback.print_exc()
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:4000]}
+            # First line: what the tables show; then where it came from, kept in latest.json.
+            where = "".join(traceback.format_exc().splitlines(keepends=True)[-12:])
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:4000] + "\n" + where}
         replies.write(json.dumps(reply).encode() + b"\n")
         replies.flush()
         if req["op"] == "exit":
