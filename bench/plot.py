@@ -99,10 +99,16 @@ def _log_axes(ax: Any, sizes: list[str]) -> None:
     if not ax.get_lines():
         ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes)
         return
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks([int(k) for k in sizes])
     ax.set_xticklabels(sizes)
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(NullLocator())
+    # 1-2-5 steps, labelled in plain numbers: a panel spanning less than a decade still shows its scale.
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
     ax.grid(which="both", alpha=0.3)
     ax.legend(fontsize=8)
