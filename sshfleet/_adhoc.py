@@ -42,6 +42,9 @@ LOADER = (
 PYTHONS = ("python3", "/usr/libexec/platform-python")
 NO_PYTHON = "sshfleet: no python3 on this host"
 STOP_GRACE = 3.0  # after cancel(): how long the ssh processes get to pass the EOF on and end
+# After the end record, how long the ssh process may stay: only a process that escaped the helper (no subreaper
+# on that host) could hold the channel open, and the run must not wait for it.
+END_GRACE = 2.0
 READ_SIZE = 1 << 16
 
 
@@ -76,6 +79,7 @@ class _Host:
         self.before = bytearray()  # stderr before START: ssh's or the shell's words
         self.held = b""  # the tail of stderr that may be the start of the end record
         self.record: Optional[bytes] = None
+        self.record_at = 0.0  # when the end record came: the ssh process should end right after it
         self.open_pipes = 2
         self.outbox = bytearray()  # frames for its stdin not written yet
         self.stdin_closed = False
@@ -239,6 +243,8 @@ class AdhocRun:
         for host in self._running.values():
             if not host.started:
                 wait = min(wait, host.begun + self._connect_limit(host) - now)
+            elif host.record_at:
+                wait = min(wait, host.record_at + END_GRACE - now)
         return max(0.0, wait)
 
     def _connect_limit(self, host: _Host) -> float:
@@ -255,6 +261,8 @@ class AdhocRun:
             if not host.started and now - host.begun > self._connect_limit(host) and host.proc is not None:
                 host.proc.kill()  # ssh's own ConnectTimeout covers TCP; this covers a server that never answers
                 self._timed_out.add(host.name)
+            if host.record_at and now - host.record_at > END_GRACE and host.proc is not None:
+                host.proc.kill()  # the result is in: whatever keeps the channel open is not waited for
 
     def _pass_signals(self) -> None:
         while self._signals:
@@ -309,6 +317,7 @@ class AdhocRun:
         at = data.find(END)
         if at >= 0:
             host.record = data[at + len(END) :]
+            host.record_at = time.monotonic()
             data = data[:at]
         else:
             keep = _partial_suffix(data, END)
