@@ -170,6 +170,7 @@ class _H2Connection(asyncio.Protocol):
         self.idle = idle  # takes back a stream whose call is done, or says no
         self.transport: Optional[asyncio.Transport] = None
         self.streams: dict[int, _Stream] = {}
+        self.blocked: set[_Stream] = set()  # streams with a request waiting for flow-control window
         self.next_id = 1
         self.send_window = _DEFAULT_WINDOW
         self.peer_window = _DEFAULT_WINDOW  # the server's initial stream window
@@ -330,7 +331,8 @@ class _H2Connection(asyncio.Protocol):
                 self.send_window += increment
             elif stream_id in self.streams:
                 self.streams[stream_id].send_window += increment
-            self._flush_pending()
+            if self.blocked:
+                self._flush_pending()
         elif ftype == _GOAWAY:
             last = struct.unpack("!I", payload[:4])[0] & _MAX_STREAM_ID
             self.ended = CallFailed(grpc.StatusCode.UNAVAILABLE, "the servicer is shutting down (GOAWAY)")
@@ -364,16 +366,20 @@ class _H2Connection(asyncio.Protocol):
         if head:
             self._write(head)
         stream.pending += data
+        self.blocked.add(stream)
         self._flush_pending()
 
     def _flush_pending(self) -> None:
-        for stream in self.streams.values():
+        """Send what the windows now allow of the requests that waited for them."""
+        for stream in list(self.blocked):
             while stream.pending and self.send_window > 0 and stream.send_window > 0:
                 size = min(len(stream.pending), self.send_window, stream.send_window, self.peer_frame)
                 chunk, stream.pending = stream.pending[:size], stream.pending[size:]
                 stream.send_window -= size
                 self.send_window -= size
                 self._write(_frame(_DATA, 0, stream.id, chunk))
+            if not stream.pending:
+                self.blocked.discard(stream)
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -390,6 +396,7 @@ class _H2Connection(asyncio.Protocol):
     def _end_stream(self, stream: _Stream, why: CallFailed) -> None:
         stream.ended = stream.ended or why
         stream.pending = b""
+        self.blocked.discard(stream)
         if stream.timer is not None:
             stream.timer.cancel()
             stream.timer = None

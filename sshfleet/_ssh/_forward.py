@@ -306,7 +306,7 @@ class _ChannelTransport(asyncio.Transport):
                 self._lost()
                 return
             self.protocol.data_received(data)
-            if self.closed:
+            if self.closed or not self.chan.recv_ready():  # one more recv would only raise socket.timeout
                 return
 
     def write(self, data: Any) -> None:
