@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -167,6 +168,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for path in made:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], check=False,
                            capture_output=True)  # fmt: skip
+        shutil.rmtree(tmp, ignore_errors=True)  # the workers' logs and the joined ssh_config
     return 0
 
 
