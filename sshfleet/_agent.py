@@ -619,16 +619,16 @@ class Agent:
         if len(live) == 1 and not reviving:  # no task needed for one host
             await one(*live[0], deadline)
         elif on_outcome is None and not reviving:
-            # The hot path: one task per host straight on its call, read once they are all done (or, when the
-            # caller stops waiting, those that are): no per-host wrapper on the way.
-            loop = asyncio.get_running_loop()
-            tasks = [loop.create_task(calls.call(path, payload, deadline)) for _, calls in live]
+            # The hot path: every host's call goes out now as one frame on its call stream, and each is a plain
+            # future (no task, no coroutine per host), read once they are all done (or, when the caller stops
+            # waiting, those that are; cancelling the others resets their streams, which ends them on the hosts).
+            replies = [calls.start(path, payload, deadline) for _, calls in live]
             try:
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*replies, return_exceptions=True)
             finally:
-                for (state, _), task in zip(live, tasks):
-                    if task.done() and not task.cancelled():
-                        result = task.exception() or task.result()
+                for (state, _), reply in zip(live, replies):
+                    if reply.done() and not reply.cancelled():
+                        result = reply.exception() or reply.result()
                         sink[state.host] = self._outcome(state, method.name, reply_cls, result)
         elif live or reviving:
             await asyncio.gather(
@@ -941,7 +941,7 @@ async def _open_channel(state: HostAgent, target: str, timeout: float) -> None:
     HTTP/2 through the forward and open a call stream now, while other hosts still bootstrap, rather than in
     the first call (~0.1 s of the first call at 32 hosts before). Raises asyncio.TimeoutError."""
     state.channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
-    state.calls = CallStreams(state.channel, state.metadata)
+    state.calls = CallStreams(state.channel, state.metadata, target=target)
     await asyncio.wait_for(state.channel.channel_ready(), timeout)
     state.calls.prime()
 
