@@ -3,6 +3,7 @@ the many-hosts run (threads, fds and RSS sampled as the rounds go). Rendered fro
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Optional
 
 from bench._render import LABELS, dig, error_note, fmt, ratio_text
@@ -98,12 +99,15 @@ def summary(results: dict[str, Any]) -> list[str]:
     """The targets table with the run's date and machine, for the top-level README."""
     m = results.get("machine") or {}
     rows = [line for line in targets(results) if line.startswith("| ") and line not in TARGETS_HEADER]
-    return [
-        SUMMARY_BEGIN,
+    intro = (
         f"Run of {str(results.get('date', '?'))[:16].replace('T', ' ')} UTC: {m.get('cpu')}, **{m.get('cores')} "
         f"cores** shared by the controller and every host (the hosts are namespaces on the same machine), load "
         f"average {', '.join(f'{x:.1f}' for x in m.get('loadavg_start') or [])} at the start; medians, ratios "
-        "sshfleet ÷ peer in the same run. Full tables: [`bench/results/results.md`](bench/results/results.md).",
+        "sshfleet ÷ peer in the same run. Full tables: [`bench/results/results.md`](bench/results/results.md)."
+    )
+    return [
+        SUMMARY_BEGIN,
+        *textwrap.wrap(intro, width=115, break_on_hyphens=False),
         "",
         *TARGETS_HEADER,
         *rows,
