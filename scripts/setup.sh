@@ -14,6 +14,8 @@ for pair in sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client tcp
   cmd="${pair%%:*}" pkg="${pair#*:}"
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then missing+=("$pkg"); fi
 done
+# The benchmarks compare with Debian's parallel-ssh (pssh); clush comes with the bench extras (ClusterShell).
+if [[ ",$extras," == *",bench,"* ]] && ! command -v parallel-ssh >/dev/null 2>&1; then missing+=(pssh); fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: missing system packages: ${missing[*]} (run as root, or install them)" >&2
