@@ -286,7 +286,10 @@ def test_gathered_and_json_output_help_streaming_and_py(shell):
     term.expect(">>> ")
     term.send("print(sorted(fleet.hosts), last.method, sysinfo.Uname()['node01'].nodename)\r")
     term.expect(r"\['node01', 'node02'\] Count node01")
-    term.send("\x04")  # Ctrl-D: back to the shell, agents still there
+    # Ctrl-D at the console's prompt, as a user presses it (one typed ahead, while the line still runs, is lost
+    # when the console puts the terminal in raw mode again): back to the shell, agents still there.
+    term.expect(">>> ")
+    term.send("\x04")
     term.prompt()
     assert "2 hosts: 2 ok in " in term.line("Uname")
     assert term.exit() == 0
