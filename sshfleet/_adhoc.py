@@ -103,11 +103,6 @@ def remote_command(python: Optional[str], size: int) -> str:
     return f"exec /bin/sh -c {shlex.quote(script)}"  # the login shell may be csh or fish: the loop is sh's
 
 
-def usable(hosts: list[ResolvedHost]) -> bool:
-    """Whether every host can take the fast path (an ``ssh`` binary here, no jump hosts)."""
-    return all(_oneshot.available(h) for h in hosts)
-
-
 class AdhocRun:
     """One command on every host; events as they come from ``poll()``. Not thread-safe except
     ``send_signal()``, which a signal handler may call (it only queues)."""

@@ -101,14 +101,9 @@ def _ping_with_ssh(specs: list[HostSpec], options: SshOptions) -> Optional[dict[
     """With the ssh binary and no jump host: one ``ssh host exit`` per host, which logs in exactly as `run`'s
     fast path will (the same settings, OpenSSH's handshake), and imports no paramiko. None otherwise."""
     from sshfleet._ssh import _oneshot
-    from sshfleet._ssh._config import prefetch, resolve
 
-    try:
-        prefetch(specs, options)
-        hosts = [resolve(spec, options) for spec in specs]
-    except SshFleetError:
-        return None  # the Fleet's connect reports it per host
-    if not all(_oneshot.available(h) for h in hosts):
+    hosts = _oneshot.resolve_direct(specs, options)
+    if hosts is None:
         return None
     seconds: dict[str, float] = {}
     outcomes = _oneshot.check_logins(

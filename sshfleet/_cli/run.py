@@ -420,15 +420,11 @@ def _start_fast(
     if any(resolve_become(spec, **become) for spec in specs):
         return None
     from sshfleet import _adhoc
-    from sshfleet._ssh._config import prefetch, resolve
+    from sshfleet._ssh._oneshot import resolve_direct
 
     options = options_from_args(args)
-    try:
-        prefetch(specs, options)
-        hosts = [resolve(spec, options) for spec in specs]
-    except SshFleetError:
-        return None  # the agent's path reports it per host, as it always has
-    if not _adhoc.usable(hosts):
+    hosts = resolve_direct(specs, options)
+    if hosts is None:
         return None
     return _adhoc.AdhocRun(hosts, forks=options.forks, python=args.python, keepalive=float(options.keepalive))
 

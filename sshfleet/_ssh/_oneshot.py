@@ -15,13 +15,25 @@ import subprocess
 import time
 from typing import Callable, Optional, Union
 
-from sshfleet._ssh._config import ResolvedHost
+from sshfleet._options import HostSpec, SshOptions
+from sshfleet._ssh._config import ResolvedHost, prefetch, resolve
 from sshfleet._ssh._openssh_args import oneshot_argv, translate_failure
 from sshfleet._ssh._sshg import ssh_binary
-from sshfleet.errors import ConnectError
+from sshfleet.errors import ConnectError, SshFleetError
 
 log = logging.getLogger(__name__)
 SSH_FAILED = 255  # ssh's own exit status for a connection it could not make or keep
+
+
+def resolve_direct(specs: list[HostSpec], options: SshOptions) -> Optional[list[ResolvedHost]]:
+    """Every host resolved (one ``ssh -G`` round), if all can be reached by a one-off ssh; None otherwise, or
+    when resolving fails (the agent's path then reports it per host, as it always has)."""
+    try:
+        prefetch(specs, options)
+        hosts = [resolve(spec, options) for spec in specs]
+    except SshFleetError:
+        return None
+    return hosts if all(available(h) for h in hosts) else None
 
 
 def available(host: ResolvedHost) -> bool:
